@@ -1,0 +1,1 @@
+"""INT8 calibration from real video frames (explicit Q/DQ graphs)."""

@@ -1,0 +1,3 @@
+from diffvos.cli import main
+
+raise SystemExit(main())

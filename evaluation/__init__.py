@@ -1,0 +1,1 @@
+"""DAVIS semi-supervised scoring (J and F), torch-free."""

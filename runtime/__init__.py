@@ -1,0 +1,1 @@
+"""Torch-free runtime: bundles, sessions, noise injection, propagation, memory, video I/O."""

@@ -1,0 +1,36 @@
+"""Shared test fixtures: paths to ../shared data, skipping with a reason when it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared fixtures/data next to the project), which is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return _need(SHARED)
+
+
+@pytest.fixture(scope="session")
+def adm_fixture_dir() -> Path:
+    return _need(SHARED / "fixtures" / "adm")
+
+
+@pytest.fixture(scope="session")
+def propagation_fixture_dir() -> Path:
+    return _need(SHARED / "fixtures" / "propagation")
+
+
+@pytest.fixture(scope="session")
+def davis_root() -> Path:
+    return _need(SHARED / "data" / "davis2016")
