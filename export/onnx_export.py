@@ -1,0 +1,272 @@
+"""Export truncated backbones to ONNX, verify them in ONNX Runtime, and write the bundle.
+
+Every backbone (ADM, Stable Diffusion, MobileNetV2) hands over a :class:`PreparedBackbone`:
+the torch modules of its graphs with example inputs, plus the facts the manifest records.
+This module turns it into a bundle directory, atomically: the bundle appears whole, verified,
+or not at all.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from diffvos.runtime.atomic import staged_directory
+from diffvos.runtime.bundle import (
+    FEATURES_GRAPH,
+    GraphEntry,
+    Latent,
+    Manifest,
+    Preprocess,
+    sha256_file,
+    write_manifest,
+)
+from diffvos.runtime.errors import ExportError
+
+OPSET = 17
+# ONNX Runtime 1.18+ reads IR version 10; newer onnx packages may write 11+.
+MAX_IR_VERSION = 10
+PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights above which a graph keeps them in an external file
+DEFAULT_TOLERANCE = {"max_rel_error": 1e-3, "min_cosine": 0.9999}
+
+
+@dataclass
+class GraphSpec:
+    """One torch module to export as one ONNX graph."""
+
+    name: str  # manifest key: "features" or "vae_encoder"
+    module: Any  # torch.nn.Module
+    example: Any  # torch.Tensor, the example (and verification) input
+    input_name: str
+    output_name: str
+    dynamic_axes: dict[str, dict[int, str]] | None = None
+
+
+@dataclass
+class PreparedBackbone:
+    """What a backbone loader gives the exporter: graphs plus the facts for the manifest."""
+
+    backbone: str
+    graphs: list[GraphSpec]
+    timestep: int
+    alpha_bar: float
+    layer: int
+    stride: int
+    channels: int
+    ensemble: int
+    height: int
+    width: int
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    latent: Latent | None = None
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    flops: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    import diffvos
+
+    found = {
+        "diffvos": diffvos.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": str(OPSET),
+    }
+    for mod in ("diffusers", "transformers"):
+        if mod in sys.modules:
+            found[mod] = getattr(sys.modules[mod], "__version__", "?")
+    return found
+
+
+def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_folding: bool = True) -> dict[str, Any]:
+    """torch -> ONNX (TorchScript exporter: mature, deterministic names); returns graph facts."""
+    import onnx
+    import torch
+
+    spec.module.eval()
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            spec.module,
+            (spec.example,),
+            str(path),
+            input_names=[spec.input_name],
+            output_names=[spec.output_name],
+            dynamic_axes=spec.dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=constant_folding,
+            dynamo=False,
+        )
+    model = onnx.load(str(path))
+    external = None
+    weight_bytes = sum(int(np.prod(t.dims)) * 4 for t in model.graph.initializer)
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+    if weight_bytes > PROTOBUF_LIMIT:
+        external = path.name + ".data"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=external)
+    else:
+        onnx.save_model(model, str(path))
+    return {
+        "nodes": len(model.graph.node),
+        "initializers": len(model.graph.initializer),
+        "op_types": sorted({n.op_type for n in model.graph.node}),
+        "external_data": external,
+    }
+
+
+def _shape(value_info) -> list[Any]:
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_param if d.dim_param else d.dim_value for d in dims]
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Max abs error, error relative to the reference's range, and cosine similarity."""
+    ref = reference.astype(np.float64).ravel()
+    cand = candidate.astype(np.float64).ravel()
+    max_abs = float(np.max(np.abs(ref - cand))) if ref.size else 0.0
+    scale = float(np.max(np.abs(ref))) or 1.0
+    denom = float(np.linalg.norm(ref) * np.linalg.norm(cand))
+    cosine = float(ref @ cand / denom) if denom > 0 else (1.0 if max_abs == 0 else 0.0)
+    return {"max_abs_error": max_abs, "max_rel_error": max_abs / scale, "cosine": cosine}
+
+
+def verify_graph(spec: GraphSpec, path: Path, tolerance: dict[str, float]) -> dict[str, Any]:
+    """Run the ONNX graph in ONNX Runtime (CPU) and PyTorch on the same input and compare."""
+    import onnxruntime as ort
+    import torch
+
+    with torch.no_grad():
+        expected = spec.module(spec.example).detach().cpu().numpy()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = session.run([spec.output_name], {spec.input_name: spec.example.detach().cpu().numpy()})[0]
+    if got.shape != expected.shape:
+        raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}", path)
+    result = compare(expected, got)
+    result.update(tolerance=dict(tolerance), input_shape=list(spec.example.shape), provider="CPUExecutionProvider")
+    if not (result["max_rel_error"] <= tolerance["max_rel_error"] and result["cosine"] >= tolerance["min_cosine"]):
+        raise ExportError(
+            f"graph '{spec.name}' disagrees with PyTorch beyond tolerance: max abs error "
+            f"{result['max_abs_error']:.3e}, relative {result['max_rel_error']:.3e} (limit "
+            f"{tolerance['max_rel_error']:.0e}), cosine {result['cosine']:.6f} (limit {tolerance['min_cosine']})",
+            path,
+        )
+    return result
+
+
+def write_bundle(
+    prepared: PreparedBackbone,
+    output: str | Path,
+    *,
+    force: bool = False,
+    dynamic: bool = False,
+    min_size: list[int] | None = None,
+    max_size: list[int] | None = None,
+    verify: bool = True,
+    tolerance: dict[str, float] | None = None,
+    opset: int = OPSET,
+    log: Callable[[str], None] = print,
+) -> Manifest:
+    """Export every graph of ``prepared`` into a new bundle directory at ``output``."""
+    tolerance = tolerance or DEFAULT_TOLERANCE
+    entries: dict[str, GraphEntry] = {}
+    verification: dict[str, Any] = {}
+    graph_facts: dict[str, Any] = {}
+    with staged_directory(output, force=force) as stage:
+        for spec in prepared.graphs:
+            file = f"{spec.name}.onnx"
+            path = stage / file
+            t0 = time.perf_counter()
+            log(f"exporting graph '{spec.name}' (input {list(spec.example.shape)}) ...")
+            facts = export_graph(spec, path, opset=opset)
+            facts["export_seconds"] = round(time.perf_counter() - t0, 3)
+            graph_facts[spec.name] = facts
+            import onnx
+
+            model = onnx.load(str(path), load_external_data=False)
+            entries[spec.name] = GraphEntry(
+                file=file,
+                sha256=sha256_file(path),
+                inputs={i.name: _shape(i) for i in model.graph.input},
+                outputs={o.name: _shape(o) for o in model.graph.output},
+                external_data=facts["external_data"],
+                external_data_sha256=sha256_file(stage / facts["external_data"]) if facts["external_data"] else None,
+            )
+            if verify:
+                t0 = time.perf_counter()
+                log(f"verifying '{spec.name}' in ONNX Runtime against PyTorch ...")
+                verification[spec.name] = verify_graph(spec, path, tolerance)
+                verification[spec.name]["seconds"] = round(time.perf_counter() - t0, 3)
+                v = verification[spec.name]
+                log(f"  max abs error {v['max_abs_error']:.3e}, cosine {v['cosine']:.8f}")
+            else:
+                verification[spec.name] = {"skipped": True}
+        manifest = Manifest(
+            backbone=prepared.backbone,
+            timestep=prepared.timestep,
+            alpha_bar=float(prepared.alpha_bar),
+            layer=prepared.layer,
+            stride=prepared.stride,
+            channels=prepared.channels,
+            ensemble=prepared.ensemble,
+            height=None if dynamic else prepared.height,
+            width=None if dynamic else prepared.width,
+            graphs=entries,
+            preprocess=prepared.preprocess,
+            latent=prepared.latent,
+            dynamic=dynamic,
+            min_size=min_size if dynamic else None,
+            max_size=max_size if dynamic else None,
+            precision="fp32",
+            checkpoint=prepared.checkpoint,
+            verification=verification,
+            flops=prepared.flops,
+            versions=versions(),
+            extra={**prepared.extra, "graphs": graph_facts, "export_size": [prepared.height, prepared.width]},
+        )
+        write_manifest(stage, manifest)
+    return manifest
+
+
+def check_size(height: int, width: int, multiple: int, what: str) -> None:
+    """H and W must be multiples of the model's total stride."""
+    bad = [f"{n}={v}" for n, v in (("height", height), ("width", width)) if v <= 0 or v % multiple]
+    if bad:
+        def near(v: int) -> str:
+            lo = max(multiple, v // multiple * multiple)
+            return f"{lo} or {lo + multiple}" if lo != v else str(v)
+
+        raise ExportError(
+            f"{', '.join(bad)} not a multiple of {what}'s total stride {multiple} "
+            f"(try height {near(height)}, width {near(width)})"
+        )
+
+
+def feature_dynamic_axes(input_name: str, output_name: str) -> dict[str, dict[int, str]]:
+    return {input_name: {2: "height", 3: "width"}, output_name: {2: "feat_height", 3: "feat_width"}}
+
+
+
+__all__ = [
+    "GraphSpec",
+    "PreparedBackbone",
+    "write_bundle",
+    "export_graph",
+    "verify_graph",
+    "compare",
+    "check_size",
+    "feature_dynamic_axes",
+]
