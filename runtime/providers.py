@@ -9,6 +9,8 @@ but the CPU is what runs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +68,7 @@ def create_session(
     """Create an ``onnxruntime.InferenceSession`` on the best provider that really works."""
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # its own fallback warnings are replaced by our one line
+    ort.set_default_logger_severity(4)  # its own fallback errors are replaced by our one line
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -79,7 +81,9 @@ def create_session(
     for chain in chains:
         opts = [provider_options(p, cache_dir, fp16) for p in chain]
         try:
-            session = ort.InferenceSession(str(model_path), options, providers=chain, provider_options=opts)
+            # onnxruntime prints its own provider fallback to stdout; we report it in one line instead
+            with contextlib.redirect_stdout(io.StringIO()):
+                session = ort.InferenceSession(str(model_path), options, providers=chain, provider_options=opts)
         except Exception as exc:  # noqa: BLE001 - a provider that cannot start: try the next chain
             last_error = exc
             continue
