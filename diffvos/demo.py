@@ -58,10 +58,10 @@ def demo_bundle(args: argparse.Namespace, frame_hw: tuple[int, int]) -> Path:
 
     if args.backbone == "mobilenetv2":
         def build(path: Path) -> None:
-            from diffvos.export.backbones import prepare_mobilenet
+            from diffvos.export.backbones import prepare_mobilenetv2
 
-            ns = argparse.Namespace(weights=None, layer=None, height=480, width=832)
-            export(prepare_mobilenet(ns), path, dynamic=True)
+            ns = argparse.Namespace(weights=None, layer=None, height=480, width=832, dynamic=True)
+            export(prepare_mobilenetv2(ns), path, dynamic=True)
 
         return _cached_bundle(f"mobilenetv2-v{__version__}", build)
 

@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    prepare = {"adm": backbones.prepare_adm, "sd": backbones.prepare_sd, "mobilenetv2": backbones.prepare_mobilenet}
-    prepared = prepare[args.backbone](args)
+    prepared = getattr(backbones, f"prepare_{args.backbone}")(args)
     manifest = write_bundle(
         prepared,
         args.output,
@@ -68,11 +67,18 @@ def run(args: argparse.Namespace) -> int:
     flops = manifest.flops
     if flops.get("truncated"):
         full = flops.get("full")
-        ratio = f" ({flops['truncated'] / full:.0%} of the full forward's {full / 1e12:.3f})" if full else ""
-        print(f"FLOPs per draw: truncated {flops['truncated'] / 1e12:.3f} TFLOP{ratio}")
+        ratio = f" ({flops['truncated'] / full:.0%} of the full forward's {_flops(full)})" if full else ""
+        print(f"FLOPs per noise draw: truncated {_flops(flops['truncated'])}{ratio}")
     print(
         f"bundle written to {args.output}: {manifest.backbone}, layer {manifest.layer}, stride {manifest.stride}, "
         f"{manifest.channels} channels, E={manifest.ensemble}, t={manifest.timestep} "
         f"({time.perf_counter() - t0:.1f} s)"
     )
     return 0
+
+
+def _flops(n: float) -> str:
+    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.3f} {unit}"
+    return f"{n:.0f} FLOP"

@@ -1,0 +1,51 @@
+"""``diffvos eval``: DAVIS semi-supervised J&F of a folder of predicted masks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def per_sequence_path(global_csv: str | Path) -> Path:
+    """Where the per-sequence CSV goes beside the global one: ``<stem>.per-sequence.csv``."""
+    p = Path(global_csv)
+    return p.with_name(f"{p.stem}.per-sequence{p.suffix or '.csv'}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score predicted masks against DAVIS ground truth (J&F, semi-supervised)",
+        description="Score predicted masks with the DAVIS semi-supervised measures (J: IoU, F: boundary "
+        "F-measure; mean, recall, decay). The first and last frame of each sequence are not scored.",
+    )
+    p.add_argument("--predictions", "-p", required=True,
+                   help="folder with one subfolder of PNG masks per sequence (<seq>/00001.png ...)")
+    p.add_argument("--annotations", "-a", required=True,
+                   help="DAVIS root holding Annotations/480p/<seq>/00000.png ...")
+    p.add_argument("--sequences", nargs="+", metavar="SEQ",
+                   help="sequences to score (default: every sequence folder in --predictions)")
+    p.add_argument("--csv", metavar="OUT",
+                   help="write the global results to OUT and the per-object results to "
+                   "<OUT stem>.per-sequence.csv beside it")
+    p.add_argument("--resolution", default="480p", help="annotation resolution folder (default 480p)")
+    p.add_argument("--exclude-void", action="store_true",
+                   help="leave ground-truth void pixels (255) out of both masks; the benchmark's code "
+                   "counts them as background, which is the default")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffvos.evaluation.davis import evaluate_davis, format_report, global_csv, per_sequence_csv
+    from diffvos.runtime.atomic import write_text_atomic
+
+    report = evaluate_davis(args.predictions, args.annotations, args.sequences,
+                            exclude_void=args.exclude_void, resolution=args.resolution)
+    print(format_report(report))
+    if args.csv:
+        out = Path(args.csv)
+        seq_out = per_sequence_path(out)
+        write_text_atomic(out, global_csv(report))
+        write_text_atomic(seq_out, per_sequence_csv(report))
+        print(f"\nwrote {out} and {seq_out}")
+    return 0

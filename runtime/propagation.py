@@ -1,0 +1,277 @@
+"""Label propagation through a local, top-k affinity (METHOD.md section 2, steps 1-7).
+
+The affinity is never built densely. The query grid is cut into rectangular tiles; each tile's
+queries are multiplied (float32 BLAS) only against the key region of each context frame that
+their windows can reach (tile grown by r on every side, clipped to the grid). Cells outside a
+query's own (2r+1)x(2r+1) window get -inf, the joint top-k over all context frames is found with
+``np.partition`` on cosine scores (exp is monotonic, so it is applied afterwards, only to the kept
+values), ties at the k-th value are kept, and the kept correspondences of the whole frame go
+through one vectorised normalise-and-sum. Scratch is preallocated and sized by the tile, so
+memory is the bank (linear in h*w*N) plus a bounded amount. ``radius=0`` (no window) uses the same
+kernel with tiles of whole query rows against whole frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffvos.runtime.errors import InputError
+from diffvos.runtime.memory import MemoryBank, l2_normalise_into
+
+_DENSE_SCORE_BUDGET = 32 << 20  # bytes of scores per tile when there is no window
+
+
+@dataclass
+class MagFilter:
+    """MAG-Filter: drop kept correspondences whose displacement is too long (METHOD.md, MAG-Filter).
+
+    A correspondence is a (query cell, memory cell) pair kept by the top-k; its magnitude is the
+    Euclidean grid offset between the two cells, in feature cells. Those longer than the
+    threshold are removed before normalisation; a query that would lose all of them keeps its
+    best (highest affinity) one.
+
+    ``mode="fixed"``: threshold = ``radius`` cells.
+    ``mode="adaptive"``: per frame, threshold = max(``floor``, ``multiplier`` x the
+    ``percentile``-th percentile of the top-1 displacement magnitudes over the frame's queries),
+    i.e. correspondences much longer than the frame's typical best match are treated as outliers.
+    """
+
+    mode: str = "adaptive"
+    radius: float = 8.0
+    percentile: float = 90.0
+    multiplier: float = 1.5
+    floor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fixed", "adaptive"):
+            raise InputError(f"MagFilter.mode must be 'fixed' or 'adaptive', not {self.mode!r}")
+        if self.radius < 0 or self.floor < 0 or self.multiplier <= 0 or not 0 <= self.percentile <= 100:
+            raise InputError(f"MagFilter: bad parameters {self}")
+
+    def threshold(self, top1_magnitudes: np.ndarray) -> float:
+        """The frame's threshold in cells, given each query's top-1 displacement magnitude."""
+        if self.mode == "fixed":
+            return float(self.radius)
+        if top1_magnitudes.size == 0:
+            return float(self.floor)
+        typical = float(np.percentile(top1_magnitudes, self.percentile))
+        return max(float(self.floor), self.multiplier * typical)
+
+
+@dataclass
+class PropagationConfig:
+    """Propagation settings; defaults are the published reference (METHOD.md section 2).
+
+    temperature: T in exp(cos/T). topk: correspondences kept per query (ties kept).
+    radius: local window half-size r in feature cells, 0 = no window (every memory cell).
+    memory: N, the number of last predicted frames kept besides the first frame.
+    mag_filter: optional ``MagFilter`` (None = off, the plain method).
+    feature_dtype: memory feature storage, "float16" (half the memory) or "float32" (exact).
+    tile: query tile side in cells for the windowed kernel (None = measured default).
+    """
+
+    temperature: float = 0.2
+    topk: int = 15
+    radius: int = 15
+    memory: int = 28
+    mag_filter: MagFilter | None = None
+    feature_dtype: str = "float16"
+    tile: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or self.topk < 1 or self.radius < 0 or self.memory < 0:
+            raise InputError(f"PropagationConfig: bad parameters {self}")
+        if self.feature_dtype not in ("float16", "float32"):
+            raise InputError(f"PropagationConfig.feature_dtype must be float16 or float32, not {self.feature_dtype!r}")
+        if self.tile is not None and self.tile < 1:
+            raise InputError(f"PropagationConfig.tile must be >= 1, not {self.tile}")
+
+
+DEFAULT_TILE = 8  # chosen by benchmarks/bench_propagation.py --tiles at 60x104, C=512, 29 frames
+
+
+@dataclass
+class _Tile:
+    qy: slice
+    qx: slice
+    ky: slice
+    kx: slice
+    query_ids: np.ndarray  # raster indices of the tile's queries
+    bias: np.ndarray | None  # (nq, R) 0 inside each query's window, -inf outside; None = all inside
+
+
+class Propagator:
+    """Owns the memory bank and scratch; ``start`` with the first frame, then ``step`` per frame."""
+
+    def __init__(
+        self, channels: int, h: int, w: int, num_classes: int, config: PropagationConfig | None = None
+    ) -> None:
+        self.channels, self.h, self.w, self.num_classes = channels, h, w, num_classes
+        self.config = cfg = config or PropagationConfig()
+        self.bank = MemoryBank(
+            self.h, self.w, self.channels, self.num_classes, cfg.memory, np.dtype(cfg.feature_dtype).type
+        )
+        self.query = np.empty((self.h, self.w, self.channels), np.float32)
+        self.last_threshold: float | None = None  # MAG-Filter threshold of the last step
+        self._build_tiles()
+
+    # -- geometry ----------------------------------------------------------------------------
+    def _build_tiles(self) -> None:
+        h, w, r = self.h, self.w, self.config.radius
+        slots = self.config.memory + 1
+        self.windowed = 0 < r < max(h, w) - 1
+        if self.windowed:
+            ty = tx = self.config.tile or DEFAULT_TILE
+        else:  # whole rows of queries against whole frames, scores bounded by the budget
+            tx = w
+            ty = max(1, min(h, _DENSE_SCORE_BUDGET // (4 * w * slots * h * w)))
+            r = max(h, w)
+        bias_cache: dict[tuple, np.ndarray] = {}
+        self.tiles: list[_Tile] = []
+        max_scores = max_keys = 0
+        for y0 in range(0, h, ty):
+            for x0 in range(0, w, tx):
+                y1, x1 = min(h, y0 + ty), min(w, x0 + tx)
+                ky0, ky1, kx0, kx1 = max(0, y0 - r), min(h, y1 + r), max(0, x0 - r), min(w, x1 + r)
+                bias = None
+                if self.windowed:
+                    key = (y0 - ky0, x0 - kx0, y1 - y0, x1 - x0, ky1 - ky0, kx1 - kx0)
+                    if key not in bias_cache:
+                        bias_cache[key] = _window_bias(np.arange(y0, y1) - ky0, np.arange(x0, x1) - kx0,
+                                                       ky1 - ky0, kx1 - kx0, r)
+                    bias = bias_cache[key]
+                ids = (np.arange(y0, y1)[:, None] * w + np.arange(x0, x1)[None, :]).ravel()
+                self.tiles.append(_Tile(slice(y0, y1), slice(x0, x1), slice(ky0, ky1), slice(kx0, kx1), ids, bias))
+                nk = (ky1 - ky0) * (kx1 - kx0)
+                max_scores = max(max_scores, ids.size * nk * slots)
+                max_keys = max(max_keys, nk)
+        self._scores = np.empty(max_scores, np.float32)
+        self._part = np.empty(max_scores, np.float32)
+        self._keys = np.empty(max_keys * self.channels, np.float32)
+        self._qbuf = np.empty(ty * tx * self.channels, np.float32)
+        # raster position of every cell, for displacements
+        self._cell_y = np.repeat(np.arange(h), w)
+        self._cell_x = np.tile(np.arange(w), h)
+
+    @property
+    def scratch_nbytes(self) -> int:
+        return self._scores.nbytes + self._part.nbytes + self._keys.nbytes + self._qbuf.nbytes + self.query.nbytes
+
+    # -- public API ----------------------------------------------------------------------------
+    def start(self, features: np.ndarray, onehot: np.ndarray) -> None:
+        """First frame: features (C, h, w) and its one-hot mask (K+1, h, w); clears the memory."""
+        _check_finite(features, "first frame features")
+        self.bank.set_first(features, onehot.astype(np.float32, copy=False))
+
+    def step(self, features: np.ndarray) -> np.ndarray:
+        """Soft mask (K+1, h, w) float32 of a new frame (C, h, w); the frame then enters the FIFO."""
+        if len(self.bank) == 0:
+            raise InputError("Propagator.step() before start()")
+        if features.shape != (self.channels, self.h, self.w):
+            raise InputError(f"features are {features.shape}, expected {(self.channels, self.h, self.w)}")
+        _check_finite(features, "frame features")
+        l2_normalise_into(features, self.query)
+        slots = self.bank.context_slots()
+        qids, vals, cells = self._candidates(slots)
+        soft_hwk = self._aggregate(qids, vals, cells)
+        self.bank.push(self.query, np.moveaxis(soft_hwk.reshape(self.h, self.w, -1), -1, 0), normalised_hwc=True)
+        return np.ascontiguousarray(np.moveaxis(soft_hwk, -1, 0)).reshape(-1, self.h, self.w)
+
+    def add_objects(self, n: int = 1) -> None:
+        """New object channels (zero in all stored frames, see ``MemoryBank.add_objects``)."""
+        self.bank.add_objects(n)
+        self.num_classes = self.bank.num_classes
+
+    def remove_object(self, k: int) -> None:
+        """Drop object ``k``; its mass joins the background (see ``MemoryBank.remove_object``)."""
+        self.bank.remove_object(k)
+        self.num_classes = self.bank.num_classes
+
+    # -- kernel ----------------------------------------------------------------------------------
+    def _candidates(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per tile: window scores, joint top-k with ties; returns the kept (query, cosine, cell)."""
+        feats, c, hw, n = self.bank.features, self.channels, self.h * self.w, len(slots)
+        k = self.config.topk
+        direct = feats.dtype == np.float32
+        out_q, out_v, out_c = [], [], []
+        for t in self.tiles:
+            nq = t.query_ids.size
+            nky, nkx = t.ky.stop - t.ky.start, t.kx.stop - t.kx.start
+            nk = nky * nkx
+            q = self._qbuf[: nq * c].reshape(nq, c)
+            q.reshape(t.qy.stop - t.qy.start, t.qx.stop - t.qx.start, c)[...] = self.query[t.qy, t.qx]
+            scores = self._scores[: nq * n * nk].reshape(nq, n * nk)
+            for f, slot in enumerate(slots):
+                region = feats[slot, t.ky, t.kx]
+                if direct and nkx == self.w:
+                    keys = region.reshape(nk, c)  # contiguous rows: a view, no copy
+                else:
+                    keys = self._keys[: nk * c].reshape(nk, c)
+                    keys.reshape(nky, nkx, c)[...] = region
+                np.matmul(q, keys.T, out=scores[:, f * nk : (f + 1) * nk])
+            if t.bias is not None:
+                scores3 = scores.reshape(nq, n, nk)
+                scores3 += t.bias[:, None, :]
+            total = n * nk
+            kk = min(k, total)
+            part = self._part[: nq * total].reshape(nq, total)
+            np.copyto(part, scores)
+            part.partition(total - kk, axis=1)
+            kth = part[:, total - kk].copy()
+            np.maximum(kth, np.finfo(np.float32).min, out=kth)  # fewer than k window cells: not -inf ones
+            rows, cols = np.nonzero(scores >= kth[:, None])
+            frame, pos = np.divmod(cols, nk)
+            ry, rx = np.divmod(pos, nkx)
+            out_q.append(t.query_ids[rows])
+            out_v.append(scores[rows, cols])
+            out_c.append(slots[frame] * hw + (ry + t.ky.start) * self.w + (rx + t.kx.start))
+        return np.concatenate(out_q), np.concatenate(out_v), np.concatenate(out_c)
+
+    def _aggregate(self, qids: np.ndarray, vals: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """Exp, optional MAG-Filter, per-query normalisation and mask sum; (hw, K+1) float32."""
+        hw = self.h * self.w
+        starts = np.flatnonzero(np.r_[True, qids[1:] != qids[:-1]])
+        counts = np.diff(np.r_[starts, qids.size])
+        keep = None
+        mag_cfg = self.config.mag_filter
+        if mag_cfg is not None:
+            mem = cells % hw
+            mag = np.hypot(self._cell_y[mem] - self._cell_y[qids], self._cell_x[mem] - self._cell_x[qids])
+            best = _segment_argmax(vals, starts, counts)
+            self.last_threshold = mag_cfg.threshold(mag[best])
+            keep = mag <= self.last_threshold
+            lost = np.add.reduceat(keep.astype(np.int32), starts) == 0
+            keep[best[lost]] = True
+            vals = np.where(keep, vals, -np.inf).astype(np.float32)
+        vmax = np.maximum.reduceat(vals, starts)
+        wgt = np.exp((vals - np.repeat(vmax, counts)) / np.float32(self.config.temperature))
+        masks = self.bank.masks.reshape(-1, self.bank.num_classes)
+        num = np.add.reduceat(wgt[:, None] * masks[cells], starts, axis=0)
+        den = np.add.reduceat(wgt, starts)
+        out = np.empty((hw, self.bank.num_classes), np.float32)
+        out[qids[starts]] = num / den[:, None]
+        return out
+
+
+def _window_bias(qy: np.ndarray, qx: np.ndarray, nky: int, nkx: int, r: int) -> np.ndarray:
+    """(nq, nky*nkx): 0 where the key cell is within r (Chebyshev) of the query cell, else -inf."""
+    iny = np.abs(qy[:, None] - np.arange(nky)[None, :]) <= r  # (ty, nky)
+    inx = np.abs(qx[:, None] - np.arange(nkx)[None, :]) <= r  # (tx, nkx)
+    inside = iny[:, None, :, None] & inx[None, :, None, :]  # (ty, tx, nky, nkx)
+    return np.where(inside, 0.0, -np.inf).astype(np.float32).reshape(qy.size * qx.size, nky * nkx)
+
+
+def _segment_argmax(vals: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Index of the first maximum of each segment."""
+    is_max = vals == np.repeat(np.maximum.reduceat(vals, starts), counts)
+    seg = np.repeat(np.arange(starts.size), counts)
+    idx = np.flatnonzero(is_max)
+    first = np.r_[True, seg[idx][1:] != seg[idx][:-1]]
+    return idx[first]
+
+
+def _check_finite(a: np.ndarray, what: str) -> None:
+    if not np.isfinite(a).all():
+        raise InputError(f"propagation: {what} contain NaN or infinity")
