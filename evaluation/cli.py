@@ -37,8 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diffvos.evaluation.davis import evaluate_davis, format_report, global_csv, per_sequence_csv
-    from diffvos.runtime.atomic import write_text_atomic
+    from diffvos.runtime.atomic import check_writable_dir, write_text_atomic
 
+    if args.csv:  # fail before a long evaluation, not after it
+        check_writable_dir(Path(args.csv).absolute().parent)
     report = evaluate_davis(args.predictions, args.annotations, args.sequences,
                             exclude_void=args.exclude_void, resolution=args.resolution)
     print(format_report(report))

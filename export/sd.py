@@ -146,13 +146,15 @@ class TruncatedSDUNet(nn.Module):
 
     Submodules share the U-Net's parameters (no copy). forward(x_t [E,4,h,w]) returns the mean
     over E of up-resnet ``layer``'s output, [1, C, ceil(h/k), ceil(w/k)], k = stride / VAE factor.
-    ``prompt_embeds`` is [1, tokens, cross_attention_dim] (the empty prompt's embedding).
+    ``prompt_embeds`` is [1, tokens, cross_attention_dim] (the empty prompt's embedding);
+    ``vae_factor`` (pixels per latent cell) only scales the strides reported in errors and ``stride``.
     """
 
-    def __init__(self, unet: nn.Module, timestep: int, layer: int, prompt_embeds: torch.Tensor) -> None:
+    def __init__(self, unet: nn.Module, timestep: int, layer: int, prompt_embeds: torch.Tensor,
+                 vae_factor: int = 8) -> None:
         super().__init__()
         _check_unet(unet)
-        table = sd_layer_table(unet, 64, 64)
+        table = sd_layer_table(unet, 64, 64, vae_factor=vae_factor)
         self.layer = check_sd_layer(layer, table)
         if isinstance(timestep, bool) or not isinstance(timestep, int) or timestep < 0:
             raise ExportError(f"SD time step must be a non-negative integer, got {timestep!r}")
@@ -160,7 +162,8 @@ class TruncatedSDUNet(nn.Module):
             raise ExportError(f"prompt embedding must be [1, tokens, dim], got {tuple(prompt_embeds.shape)}")
         self.timestep = timestep
         self.channels = table[layer]["channels"]
-        self.unet_stride = sd_layer_table(unet, 64, 64, vae_factor=1)[layer]["stride"]  # latent cells per cell
+        self.stride = table[layer]["stride"]  # pixels per feature cell
+        self.unet_stride = self.stride // vae_factor  # latent cells per feature cell
         block, last = table[layer]["block"], table[layer]["resnet"]
         param = next(unet.parameters())
         with torch.no_grad():

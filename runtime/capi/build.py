@@ -62,6 +62,22 @@ def types_only(section: str) -> str:
     return re.sub(r"DIFFVOS_API[^;]*;", "", section)
 
 
+# Functions written in C: they must answer even when the embedded Python cannot start.
+C_ONLY = ("diffvos_api_version", "diffvos_status_string")
+
+
+def _c_only() -> str:
+    from diffvos.runtime.api import STATUS_TEXT
+
+    cases = "\n".join(f'    case {int(k)}: return "{v}";' for k, v in STATUS_TEXT.items())
+    return (
+        "DIFFVOS_API int32_t diffvos_api_version(void) { return DIFFVOS_API_VERSION; }\n"
+        "DIFFVOS_API const char *diffvos_status_string(int32_t status)\n{\n    switch (status) {\n"
+        f"{cases}\n"
+        '    default: return "unknown status";\n    }\n}\n'
+    )
+
+
 def _py_ret(ret: str) -> str:
     return "int" if ret == "diffvos_status" else ret
 
@@ -70,7 +86,8 @@ def cdef_text(protos: list[Prototype], types: str) -> str:
     lines = [types]
     lines.append('extern "Python" int dvpy_ping(void);')
     for p in protos:
-        lines.append(f'extern "Python" {_py_ret(p.ret)} dvpy_{p.name}({p.params});')
+        if p.name not in C_ONLY:
+            lines.append(f'extern "Python" {_py_ret(p.ret)} dvpy_{p.name}({p.params});')
     return "\n".join(lines)
 
 
@@ -98,7 +115,8 @@ def c_source(protos: list[Prototype], home: str, site_dirs: list[str]) -> str:
         "static int dvpy_ping(void);",
     ]
     for p in protos:
-        lines.append(f"static {_py_ret(p.ret)} dvpy_{p.name}({p.params});")
+        if p.name not in C_ONLY:
+            lines.append(f"static {_py_ret(p.ret)} dvpy_{p.name}({p.params});")
     lines.append(r"""
 static void dv_init(void)
 {
@@ -142,7 +160,10 @@ static int dv_start(void)
     return dv_ok;
 }
 """)
+    lines.append(_c_only())
     for p in protos:
+        if p.name in C_ONLY:
+            continue
         call = f"dvpy_{p.name}({', '.join(p.args)})"
         if p.ret == "diffvos_status":
             body = f"if (!dv_start()) return DIFFVOS_ERR_RUNTIME;\n    return (diffvos_status){call};"
