@@ -229,8 +229,16 @@ class VAEEncoderGraph(nn.Module):
         self.quant_conv = vae.quant_conv
         self.scaling_factor = float(vae.config.scaling_factor)
         self.shift_factor = float(vae.config.get("shift_factor") or 0.0)
+        self.factor = vae_scale_factor(vae.config)
+
+    def check_size(self, height: int, width: int) -> None:
+        """The latent is exactly H/f x W/f only when both are multiples of the VAE factor f."""
+        if height % self.factor or width % self.factor:
+            raise ExportError(f"SD input size {height}x{width} must be a multiple of the VAE factor {self.factor}")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if not torch.jit.is_tracing():  # traced sizes are tensors: exporters call check_size() first
+            self.check_size(int(image.shape[-2]), int(image.shape[-1]))
         moments = self.encoder(image)
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)

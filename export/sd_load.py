@@ -10,7 +10,6 @@ before the block's attention and upsampler.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,13 +266,3 @@ def load_sd(model: str | Path, prompt_embeds: str | Path | None = None) -> SDCom
     return SDComponents(unet=unet.eval(), vae=vae.eval(), scheduler_config=sched, prompt_embeds=embeds,
                         source=source, extra={"prompt_embeds": origin})
 
-
-def read_model_index(root: str | Path) -> dict[str, Any]:
-    """model_index.json of a local directory ({} when absent): names the pipeline class."""
-    path = Path(root) / "model_index.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"unreadable model_index.json ({_first_line(exc)})", path) from None

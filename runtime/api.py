@@ -20,7 +20,6 @@ threads is serialised by a per-session lock, or refused with ``Status.BUSY`` whe
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 import time
@@ -96,6 +95,8 @@ class SessionOptions:
     mag_filter: str = "adaptive"  # off | adaptive | a radius in feature cells
     seed: int = 0
     fresh_noise: bool = False
+    # Python only: a full PropagationConfig, used instead of the five fields above when given
+    propagation: Any = None
 
 
 @dataclass
@@ -198,7 +199,7 @@ class Session:
         self.width, self.height = width, height
         self._rgb = options.color == "RGB"
         self._options = options
-        self._tracker = Tracker(_fork_extractor(extractor, options.seed, options.fresh_noise), _config(options))
+        self._tracker = Tracker(extractor.fork(seed=options.seed, fresh_noise=options.fresh_noise), _config(options))
         self._grid = self._tracker.extractor.grid_size((height, width))
         self._ids: list[int] = []  # user id of channel i+1
         self._lut = np.zeros(256, np.uint8)  # channel -> user id
@@ -232,7 +233,7 @@ class Session:
         _check_array("out", out, np.uint8, (self.height, self.width), writeable=True)
         self._check_probs(probs)
         timings = self._tracker.step_into(bgr, self._labels, probs)
-        np.take(self._lut, self._labels, out=out)
+        _map_ids(self._lut, self._labels, out)
         self._finish(timings, t0)
 
     def _add_objects(self, frame: Any, labels: Any, out: Any) -> None:
@@ -261,7 +262,7 @@ class Session:
         self._ids.extend(new)
         self._lut[first : first + len(new)] = new
         if out is not None:
-            np.take(self._lut, self._labels, out=out)
+            _map_ids(self._lut, self._labels, out)
         self._finish(timings, t0)
 
     def _remove_object(self, object_id: Any) -> None:
@@ -302,6 +303,15 @@ class Session:
         )
 
 
+def _map_ids(lut: np.ndarray, channels: np.ndarray, out: np.ndarray) -> None:
+    """out = lut[channels] without temporaries (np.take would convert the indices to intp)."""
+    import cv2
+
+    written = cv2.LUT(channels, lut, dst=out)
+    if written is not out:
+        np.copyto(out, written)
+
+
 def _check_array(name: str, a: Any, dtype: type, shape: tuple[int, ...], writeable: bool) -> None:
     if not isinstance(a, np.ndarray):
         raise _Reject(Status.BUFFER, f"{name}: expected a numpy array, got {type(a).__name__}")
@@ -314,38 +324,20 @@ def _check_array(name: str, a: Any, dtype: type, shape: tuple[int, ...], writeab
         raise _Reject(Status.BUFFER, f"{name}: the array is read-only")
 
 
-def _fork_extractor(shared: Any, seed: int, fresh_noise: bool) -> Any:
-    """A per-session view of the shared engine: same ONNX Runtime sessions, own buffers."""
-    if hasattr(shared, "fork"):
-        return shared.fork(seed=seed, fresh_noise=fresh_noise)
-    view = copy.copy(shared)
-    view.seed, view.fresh_noise = seed, fresh_noise
-    view._noise, view._x0, view.timings = {}, {}, {}
-    return view
-
-
 def _mag_filter(text: str) -> Any:
-    try:  # the CLI's parser, when the propagation module offers it
-        from diffvos.runtime.propagation import parse_mag_filter
-    except ImportError:
-        parse_mag_filter = None
-    if parse_mag_filter is not None:
-        return parse_mag_filter(text)
-    from diffvos.runtime.propagation import MagFilter
+    """The CLI's --mag-filter parser ('off' | 'adaptive' | radius), so both accept the same."""
+    from diffvos.runtime.cli import parse_mag_filter
 
-    if text == "off":
-        return None
-    if text == "adaptive":
-        return MagFilter()
-    try:
-        return MagFilter(mode="fixed", radius=float(text))
-    except ValueError:
-        raise InputError(f"mag_filter must be 'off', 'adaptive' or a radius in feature cells, not {text!r}") from None
+    return parse_mag_filter(text)
 
 
 def _config(options: SessionOptions) -> Any:
     from diffvos.runtime.propagation import PropagationConfig
 
+    if options.propagation is not None:
+        if not isinstance(options.propagation, PropagationConfig):
+            raise _Reject(Status.INVALID_ARGUMENT, "options.propagation must be a PropagationConfig")
+        return options.propagation
     return PropagationConfig(
         temperature=float(options.temperature),
         topk=int(options.topk),
@@ -469,6 +461,30 @@ def runtime_create(bundle: str | Path | None, options: RuntimeOptions | None = N
         return Status.OK, Runtime(extractor, options)
     except Exception as exc:  # noqa: BLE001
         return _fail_exc(None, exc, what), None
+
+
+def runtime_from_extractor(extractor: Any) -> tuple[Status, Runtime | None]:
+    """A runtime over an already opened ``FeatureExtractor`` (Python callers that hold one)."""
+    from diffvos.runtime.features import FeatureExtractor
+
+    if not isinstance(extractor, FeatureExtractor):
+        return _fail(None, Status.INVALID_ARGUMENT, "runtime_from_extractor: expected a FeatureExtractor"), None
+    return Status.OK, Runtime(extractor, RuntimeOptions(backend=extractor.provider.requested))
+
+
+_RAISES = {Status.BUNDLE: BundleError, Status.INVALID_ARGUMENT: InputError, Status.BUFFER: InputError,
+           Status.NOT_STARTED: InputError, Status.NO_SUCH_OBJECT: InputError}
+
+
+def raise_for_status(status: Status, handle: Any = None) -> None:
+    """For Python callers that prefer exceptions (the CLI): raise the matching DiffvosError
+    (InputError, BundleError) or, for other failures, DiffvosError, with the call's message."""
+    if status == Status.OK:
+        return
+    message = handle._last_error if isinstance(handle, (Runtime, Session)) and handle._last_error else last_error()
+    if status == Status.OUT_OF_MEMORY:
+        raise MemoryError(message)
+    raise _RAISES.get(Status(status), DiffvosError)(message)
 
 
 @_guard(Runtime, "runtime_destroy")

@@ -6,6 +6,7 @@ backbones run noise -> feature graph.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -49,6 +50,14 @@ class FeatureExtractor:
         self._in_name = self.session.get_inputs()[0].name
         self._out_name = self.session.get_outputs()[0].name
         self.timings: dict[str, float] = {}
+
+    def fork(self, seed: int | None = None, fresh_noise: bool | None = None) -> "FeatureExtractor":
+        """A copy sharing the loaded sessions (one engine, many streams) with its own buffers."""
+        twin = copy.copy(self)
+        twin.seed = self.seed if seed is None else seed
+        twin.fresh_noise = self.fresh_noise if fresh_noise is None else fresh_noise
+        twin._noise, twin._x0, twin.timings = {}, {}, {}
+        return twin
 
     def _open(self, graph: str, backend: str, threads: int, cache: Path, fp16: bool):
         entry = self.manifest.graphs[graph]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from diffvos.runtime.atomic import check_writable_dir
 from diffvos.runtime.features import FeatureExtractor
 from diffvos.runtime.propagation import PropagationConfig
 from diffvos.runtime.tracker import Tracker
@@ -55,28 +54,23 @@ def track_video(
     source = open_frames(input_path)
     mask = read_mask(mask_path)
     labels = check_mask_size(mask, source.size, resize=resize_mask)
-    ids = mask.object_ids
-    contiguous = np.zeros(256, np.uint8)
-    contiguous[ids] = np.arange(1, len(ids) + 1)
-    original = np.zeros(len(ids) + 1, np.uint8)
-    original[1:] = ids
+    objects = mask.object_map
     extractor = extractor or FeatureExtractor(bundle, backend=backend, threads=threads, seed=seed, fresh_noise=fresh_noise)
-    out = check_writable_dir(output_dir)
-    writer = MaskWriter(out, mask.palette)
+    writer = MaskWriter(output_dir, mask.palette)
     tracker = Tracker(extractor, config)
     totals: dict[str, float] = {}
     t0 = time.perf_counter()
-    overlay_writer = OverlayWriter(overlay, source.fps, source.size) if overlay else None
+    overlay_writer = OverlayWriter(overlay, source.fps, source.size, palette=mask.palette) if overlay else None
     try:
         bar = tqdm(total=len(source), unit="frame", disable=not progress, desc="tracking")
         for frame in source:
             if frame.index == 0:
-                result = tracker.start(frame.bgr, contiguous[labels])
+                result = tracker.start(frame.bgr, objects.contiguous(labels))
             else:
                 result = tracker.step(frame.bgr)
                 for k, v in result.timings.items():
                     totals[k] = totals.get(k, 0.0) + v
-            ids_map = original[result.labels]
+            ids_map = objects.original(result.labels)
             writer.write(frame.name, ids_map)
             if overlay_writer is not None:
                 overlay_writer.write(frame.bgr, ids_map)
@@ -94,6 +88,6 @@ def track_video(
         seconds=time.perf_counter() - t0,
         provider=extractor.provider.active,
         stage_ms={k: v / max(n - 1, 1) for k, v in totals.items()},
-        output_dir=str(out),
+        output_dir=str(output_dir),
         overlay=str(overlay) if overlay else None,
     )

@@ -131,6 +131,8 @@ def test_invalid_arguments(runtime, session, bundle):
     assert api.session_create(runtime, W, "64")[0] == Status.INVALID_ARGUMENT
     assert api.session_create(runtime, W, H, api.SessionOptions(color="YUV", topk=0))[0] == Status.INVALID_ARGUMENT
     assert "color" in api.last_error() and "topk" in api.last_error()
+    assert api.session_create(runtime, W, H, api.SessionOptions(mag_filter="sometimes"))[0] == Status.INVALID_ARGUMENT
+    assert "mag-filter" in api.last_error()
     frames, truths = clip(2)
     empty = np.zeros((H, W), np.uint8)
     assert api.session_add_objects(session, frames[0], empty) == Status.INVALID_ARGUMENT
@@ -390,4 +392,48 @@ def test_steady_state_allocates_nothing_that_stays(runtime):
     finally:
         tracemalloc.stop()
     assert grown < 24 * 1024, f"{grown} bytes retained over 24 frames"  # one label map is 6 KiB
+    api.session_destroy(s)
+
+
+# --- the samples ---------------------------------------------------------------------------------
+
+
+def test_sample_two_streams(bundle, capsys):
+    import two_streams
+
+    results = two_streams.run(str(bundle), frames=6)
+    assert [len(v) for v in results.values()] == [6, 6]
+    a_frames, a_truths = clip(6)
+    np.testing.assert_array_equal(results["a"][0], a_truths[0])  # the given mask comes back on frame 0
+    assert iou(results["a"][-1] == 1, a_truths[-1] == 1) > 0.4
+    assert "stream a" in capsys.readouterr().out
+
+
+def test_sample_add_object_midway(bundle, capsys):
+    import add_object_midway as sample
+
+    results = sample.run(str(bundle), frames=sample.REMOVE_AT + 2)
+    out, truth = results[sample.ADD_AT]
+    np.testing.assert_array_equal(out[truth == 3], 3)
+    assert iou(results[-1][0] == 3, results[-1][1] == 3) > 0.4
+    assert 1 not in np.unique(results[-1][0])  # removed at REMOVE_AT
+    assert "session memory" in capsys.readouterr().out
+
+
+def test_python_conveniences_for_the_cli(bundle):
+    from diffvos.runtime.errors import BundleError, InputError
+    from diffvos.runtime.propagation import PropagationConfig
+
+    extractor = FeatureExtractor(bundle, backend="cpu", quiet=True)
+    status, rt = api.runtime_from_extractor(extractor)
+    assert status == Status.OK
+    config = PropagationConfig(memory=1, feature_dtype="float32")
+    _, s = api.session_create(rt, W, H, api.SessionOptions(propagation=config))
+    assert s._tracker.config is config
+    assert api.session_create(rt, W, H, api.SessionOptions(propagation="fast"))[0] == Status.INVALID_ARGUMENT
+    api.raise_for_status(Status.OK)
+    with pytest.raises(InputError, match="no object added"):
+        api.raise_for_status(api.session_track(s, np.zeros((H, W, 3), np.uint8), np.zeros((H, W), np.uint8)), s)
+    with pytest.raises(BundleError, match="does not exist"):
+        api.raise_for_status(api.runtime_create(bundle / "nope")[0])
     api.session_destroy(s)

@@ -155,9 +155,9 @@ int main(int argc, char **argv)
     report("object_ids_count_only", diffvos_session_object_ids(s, NULL, 0, &count));
     printf("count %d\n", (int)count);
     report("provider", diffvos_runtime_provider(rt, &text));
-    printf("provider_name %s\n", text);
+    printf("provider_name %s\n", text ? text : "(none)");
     report("metadata", diffvos_runtime_metadata_json(rt, &text));
-    printf("metadata_has_stride %d\n", strstr(text, "\"stride\": 8") != NULL);
+    printf("metadata_has_stride %d\n", text && strstr(text, "\"stride\": 8") != NULL);
     gone = s;
     report("destroy_ok", diffvos_session_destroy(s));
     report("destroyed_again", diffvos_session_destroy(gone));

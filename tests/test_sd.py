@@ -205,12 +205,17 @@ def test_layer_table_sd21_at_480x832():
 
 
 def test_layer_table_matches_the_real_feature_shapes(sd):
-    x = _latents(1, 10, 14)
     table = sd.layer_table(40, 56)
-    assert len(table) == 9
-    for row in table:
-        ref = _hooked_reference(sd, x, row["layer"])
-        assert tuple(ref.shape[1:]) == (row["channels"], row["height"], row["width"])
+    seen = []
+    hooks = [r.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[1:])))
+             for b in sd.unet.up_blocks for r in b.resnets]
+    try:
+        with torch.no_grad():
+            sd.unet(_latents(1, 10, 14), T, encoder_hidden_states=sd.prompt_embeds)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == [(r["channels"], r["height"], r["width"]) for r in table]
     assert [r["stride"] for r in table] == [16] * 3 + [8] * 3 + [4] * 3
 
 
@@ -234,10 +239,34 @@ def test_truncated_equals_hook_on_full_forward(sd, layer, size):
         out = model(x)
     assert out.shape == ref.shape
     assert _rel(out, ref) < 1e-5
-    # The time step really is folded in: another t changes the features.
-    other = TruncatedSDUNet(sd.unet, 900, layer, sd.prompt_embeds).eval()
+    if size == (8, 8):  # the time step really is folded in: another t changes the features
+        other = TruncatedSDUNet(sd.unet, 900, layer, sd.prompt_embeds).eval()
+        with torch.no_grad():
+            assert _rel(other(x), ref) > 1e-3
+
+
+def test_truncated_sd15_style_and_scale_shift_resnets():
+    """Conv attention projections (SD 1.x) and scale/shift time conditioning fold correctly too."""
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        sample_size=8, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=6, attention_head_dim=4, norm_num_groups=4, use_linear_projection=False,
+        resnet_time_scale_shift="scale_shift",
+    ).eval()
     with torch.no_grad():
-        assert _rel(other(x), ref) > 1e-3
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    fake = SimpleNamespace(unet=unet, prompt_embeds=torch.randn(1, 5, 6))
+    x = _latents(2, 6, 10)
+    for layer in (1, 3):
+        with torch.no_grad():
+            out = TruncatedSDUNet(unet, T, layer, fake.prompt_embeds)(x)
+        assert _rel(out, _hooked_reference(fake, x, layer)) < 1e-5
 
 
 def test_truncated_keeps_only_what_layer_needs(sd):
@@ -270,6 +299,8 @@ def test_vae_graph_equals_encode_mean_and_std(sd):
     torch.testing.assert_close(std, dist.std * 0.18215, rtol=1e-6, atol=1e-7)
     with pytest.raises(ExportError, match="posterior"):
         VAEEncoderGraph(sd.vae, posterior="mode")
+    with pytest.raises(ExportError, match="multiple of the VAE factor 4"):
+        VAEEncoderGraph(sd.vae)(x[..., :30])
 
 
 # ----------------------------------------------------------------------------- ONNX

@@ -198,6 +198,10 @@ def check_toolchain() -> str | None:
     include = sysconfig.get_paths().get("include")
     if not include or not (Path(include) / "Python.h").is_file():
         return f"the Python headers are missing (no Python.h in {include}); install python3-dev"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    shared = f"libpython{sysconfig.get_config_var('LDVERSION') or sysconfig.get_python_version()}.so"
+    if not (Path(libdir) / shared).exists():
+        return f"no shared Python library ({shared} is not in {libdir}); use a Python built with --enable-shared"
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if not (shutil.which(cc) or shutil.which("cc") or shutil.which("gcc")):
         return "no C compiler found (cc / gcc)"
