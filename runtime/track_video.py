@@ -10,7 +10,6 @@ import numpy as np
 
 from diffvos.runtime.features import FeatureExtractor
 from diffvos.runtime.propagation import PropagationConfig
-from diffvos.runtime.tracker import Tracker
 from diffvos.runtime.video_io import MaskWriter, OverlayWriter, check_mask_size, open_frames, read_mask
 
 
@@ -48,41 +47,57 @@ def track_video(
     progress: bool = True,
     extractor: FeatureExtractor | None = None,
 ) -> TrackSummary:
-    """Everything is checked before anything is written: frames, mask, bundle, output folder."""
+    """Everything is checked before anything is written: frames, mask, bundle, output folder.
+
+    Built on the embedding API (``runtime/api.py``), so the CLI and embedders share one path.
+    """
     from tqdm import tqdm
+
+    from diffvos.runtime import api
 
     source = open_frames(input_path)
     mask = read_mask(mask_path)
     labels = check_mask_size(mask, source.size, resize=resize_mask)
-    objects = mask.object_map
     extractor = extractor or FeatureExtractor(bundle, backend=backend, threads=threads, seed=seed, fresh_noise=fresh_noise)
     writer = MaskWriter(output_dir, mask.palette)
-    tracker = Tracker(extractor, config)
+    status, runtime = api.runtime_from_extractor(extractor)
+    api.raise_for_status(status)
+    height, width = source.size
+    options = api.SessionOptions(propagation=config or PropagationConfig(), seed=seed, fresh_noise=fresh_noise)
+    status, session = api.session_create(runtime, width, height, options)
+    api.raise_for_status(status)
+    out = np.empty((height, width), np.uint8)
     totals: dict[str, float] = {}
+    frames = 0
     t0 = time.perf_counter()
     overlay_writer = OverlayWriter(overlay, source.fps, source.size, palette=mask.palette) if overlay else None
+    bar = tqdm(total=len(source), unit="frame", disable=not progress, desc="tracking")
     try:
-        bar = tqdm(total=len(source), unit="frame", disable=not progress, desc="tracking")
         for frame in source:
             if frame.index == 0:
-                result = tracker.start(frame.bgr, objects.contiguous(labels))
+                status = api.session_add_objects(session, frame.bgr, labels, out)
             else:
-                result = tracker.step(frame.bgr)
-                for k, v in result.timings.items():
+                status = api.session_track(session, frame.bgr, out)
+            api.raise_for_status(status, session)
+            if frame.index > 0:
+                for k, v in api.session_info(session)[1].timings.items():
                     totals[k] = totals.get(k, 0.0) + v
-            ids_map = objects.original(result.labels)
-            writer.write(frame.name, ids_map)
+            writer.write(frame.name, out)
             if overlay_writer is not None:
-                overlay_writer.write(frame.bgr, ids_map)
+                overlay_writer.write(frame.bgr, out)
             bar.update(1)
+            frames += 1
         bar.close()
         if overlay_writer is not None:
             overlay_writer.close()
     except BaseException:
+        bar.close()
         if overlay_writer is not None:
             overlay_writer.abort()
         raise
-    n = bar.n
+    finally:
+        api.session_destroy(session)
+    n = frames
     return TrackSummary(
         frames=n,
         seconds=time.perf_counter() - t0,
