@@ -125,3 +125,56 @@ def prepare_mobilenetv2(args: argparse.Namespace) -> PreparedBackbone:
         flops=flops,
         extra={"baseline": "MobileNetV2 is a non-diffusion baseline for demos and tests"},
     )
+
+
+def prepare_sd(args: argparse.Namespace) -> PreparedBackbone:
+    """Stable Diffusion: VAE encoder graph (image -> scaled latent) + truncated U-Net graph."""
+    import torch
+
+    from diffvos.export.flops import count_flops
+    from diffvos.export.sd import TruncatedSDUNet, VAEEncoderGraph, check_sd_layer, load_sd
+    from diffvos.runtime.bundle import Latent
+
+    if args.ensemble < 1:
+        raise ExportError(f"ensemble size must be >= 1, got {args.ensemble}")
+    c = load_sd(args.model)
+    f = c.vae_factor
+    check_size(args.height, args.width, f, "the VAE")
+    table = c.layer_table(args.height, args.width)
+    check_sd_layer(args.layer, table)
+    alpha_bar = c.alpha_bar(args.timestep)
+    unet = TruncatedSDUNet(c.unet, args.timestep, args.layer, c.prompt_embeds, f).eval()
+    vae = VAEEncoderGraph(c.vae, "mean").eval()
+    image = _example_input(1, 3, args.height, args.width, 1.0).clamp(-1, 1)
+    x_t = _example_input(args.ensemble, c.latent_channels, args.height // f, args.width // f, alpha_bar)
+    with torch.no_grad():
+        flops = {"truncated": count_flops(unet, x_t[:1]), "vae_encoder": count_flops(vae, image),
+                 "per": "one noise draw (U-Net); VAE once per frame", "height": args.height, "width": args.width}
+    dyn_image = {"image": {2: "height", 3: "width"}, "latent": {2: "latent_height", 3: "latent_width"}}
+    source = Path(str(args.model))
+    checkpoint = {"name": source.name or str(args.model), "source": str(args.model), **c.extra}
+    if source.is_dir():
+        unet_files = sorted((source / "unet").glob("*.safetensors")) or sorted((source / "unet").glob("*.bin"))
+        if unet_files:
+            checkpoint["sha256"] = sha256_file(unet_files[0])
+            checkpoint["weights_file"] = f"unet/{unet_files[0].name}"
+    row = table[args.layer]
+    return PreparedBackbone(
+        backbone="sd",
+        graphs=[
+            GraphSpec("vae_encoder", vae, image, "image", "latent", dyn_image if args.dynamic else None),
+            GraphSpec("features", unet, x_t, "x_t", "features", _dynamic(args)),
+        ],
+        timestep=args.timestep,
+        alpha_bar=alpha_bar,
+        layer=args.layer,
+        stride=row["stride"],
+        channels=row["channels"],
+        ensemble=args.ensemble,
+        height=args.height,
+        width=args.width,
+        preprocess=Preprocess(color="RGB", scale=2 / 255, offset=-1.0, short_side=480, multiple=max(f, row["stride"])),
+        latent=Latent(scaling_factor=c.scaling_factor, downsample=f, channels=c.latent_channels, posterior="mean"),
+        checkpoint=checkpoint,
+        flops=flops,
+    )

@@ -35,7 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sd = kinds.add_parser("sd", help="Stable Diffusion (diffusers layout) U-Net + VAE encoder")
     sd.add_argument("--model", required=True, help="local diffusers directory or hub id")
-    sd.add_argument("--posterior", choices=("mean", "sample"), default="mean", help="VAE latent: posterior mean or a sample")
     _common(sd, height=480, width=832, timestep=100, layer=9, ensemble=8)
     sd.set_defaults(func=run)
 
