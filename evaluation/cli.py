@@ -34,6 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "counts them as background, which is the default")
     p.set_defaults(func=run)
 
+    b = sub.add_parser("bench", help="benchmarks that print figures (quality on real video, ...)")
+    kinds = b.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    q = kinds.add_parser("quality", help="track every sequence of a DAVIS root with a bundle; print J&F and frames/s")
+    q.add_argument("--bundle", required=True, help="bundle directory")
+    q.add_argument("--davis", required=True, help="DAVIS root (JPEGImages/480p, Annotations/480p)")
+    q.add_argument("--sequences", nargs="+", metavar="SEQ", help="default: every sequence")
+    q.add_argument("--output", default="diffvos-quality", help="where the predicted masks go")
+    q.add_argument("--no-progress", action="store_true")
+    from diffvos.runtime.cli import add_propagation_options, add_runtime_options
+
+    add_propagation_options(q)
+    add_runtime_options(q)
+    q.set_defaults(func=run_quality)
+
 
 def run(args: argparse.Namespace) -> int:
     from diffvos.evaluation.davis import evaluate_davis, format_report, global_csv, per_sequence_csv
@@ -50,4 +64,16 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(out, global_csv(report))
         write_text_atomic(seq_out, per_sequence_csv(report))
         print(f"\nwrote {out} and {seq_out}")
+    return 0
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from diffvos.evaluation.quality import format_quality, track_davis
+    from diffvos.runtime.cli import propagation_config
+
+    report, runs = track_davis(
+        args.bundle, args.davis, args.output, args.sequences, config=propagation_config(args),
+        progress=not args.no_progress, backend=args.backend, seed=args.seed,
+    )
+    print(format_quality(report, runs, f"bundle {args.bundle}, mag-filter {args.mag_filter}"))
     return 0
