@@ -7,6 +7,9 @@ Reference size: 60x104 features (480x832 input, stride 8), C=512, 29 context fra
 METHOD.md section 2 literally, in float32; at full size that matrix is 4.5 GB, so it is computed
 in column chunks of queries (each chunk is a dense (N*hw) x chunk block). Equality of the two is
 checked at a smaller size where the whole dense matrix fits. Figures are printed, never asserted.
+
+On a shared, busy CPU run it with OPENBLAS_NUM_THREADS=1: multithreaded OpenBLAS spinning against
+other processes made a step 5-10x slower in our measurements.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from diffvos.calibration.quantize import (
     calibrate_ranges,
     candidate_configs,
     choose,
+    op_types_to_calibrate,
     quantize_graph,
 )
 from diffvos.calibration.report import feature_agreement, format_report, mask_iou
@@ -49,7 +50,7 @@ class CalibrationOptions:
     seed: int = 0  # the runtime's default noise seed: calibrate on the noise it will see
     fresh_noise: bool = False
     sensitivity: bool = True
-    sensitivity_limit: int = 0  # 0: every quantised node
+    sensitivity_limit: int = 12  # nodes spread through the graph; 0: every quantised node
     time_runs: int = 3
     threads: int = 0
     trt_version: str = DEFAULT_TRT_VERSION
@@ -221,15 +222,17 @@ def calibrate_bundle(bundle: str | Path, frames: list[str | Path], output: str |
         work = Path(tmp)
         ranges_path = work / RANGES_NAME
         log(f"calibrating on {len(calib_idx)} frames ({opts.method}) ...")
+        configs = opts.configs or candidate_configs(opts.target)
         xs = (x for x, _ in runtime_inputs(extractor, recorder, (pool.read(i) for i in calib_idx)))
         ranges = calibrate_ranges(src_graph, input_name, xs, method=opts.method, percentile=opts.percentile,
-                                  symmetric=opts.target == "tensorrt", workdir=work, cache_path=ranges_path)
+                                  symmetric=opts.target == "tensorrt", workdir=work, cache_path=ranges_path,
+                                  op_types=op_types_to_calibrate(configs))
         log(f"held-out reference: {len(held_idx)} frames through the FP32 graph ...")
         held = list(runtime_inputs(extractor, recorder, (pool.read(i) for i in held_idx), forward=True))
         hx, hrefs = [x for x, _ in held], [r for _, r in held]
         fp32_ms = _median_ms(recorder.session, {input_name: hx[0]}, opts.time_runs) if opts.time_runs else None
         candidates = []
-        for cfg in opts.configs or candidate_configs(opts.target):
+        for cfg in configs:
             path = work / f"q_{cfg.name}.onnx"
             quantize_graph(src_graph, path, ranges_path, cfg)
             acc, sess = evaluate(path, input_name, hx, hrefs, opts.threads)

@@ -11,6 +11,8 @@ import struct
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
+
 from diffvos.runtime.atomic import write_text_atomic
 
 DEFAULT_TRT_VERSION = "10.3.0"  # JetPack 6.x
@@ -41,7 +43,7 @@ def amax_from_ranges(ranges) -> dict[str, float]:
             low, high = value.range_value
         else:
             low, high = value
-        out[name] = max(abs(float(low)), abs(float(high)))
+        out[name] = float(np.max(np.abs(np.concatenate([np.ravel(low), np.ravel(high)]))))
     return out
 
 

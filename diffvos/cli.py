@@ -12,6 +12,7 @@ _COMMANDS = (
     "diffvos.export.cli",
     "diffvos.runtime.cli",
     "diffvos.evaluation.cli",
+    "diffvos.calibration.cli",
     "diffvos.demo",
 )
 

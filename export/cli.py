@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 
 def _common(p: argparse.ArgumentParser, *, height: int, width: int, timestep: int | None, layer: int, ensemble: int | None) -> None:
@@ -21,6 +22,8 @@ def _common(p: argparse.ArgumentParser, *, height: int, width: int, timestep: in
     p.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: an FP16-typed graph (normalisation and softmax kept in float32) for TensorRT")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,15 +57,27 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     prepared = getattr(backbones, f"prepare_{args.backbone}")(args)
+    target = args.output
+    if args.precision == "fp16":  # export FP32 beside the target, convert, then drop the FP32 copy
+        import tempfile
+
+        Path(args.output).absolute().parent.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.TemporaryDirectory(prefix=".fp32-", dir=Path(args.output).absolute().parent)
+        target = Path(scratch.name) / "bundle"
     manifest = write_bundle(
         prepared,
-        args.output,
+        target,
         force=args.force,
         dynamic=args.dynamic,
         min_size=args.min_size or [prepared.stride * 4, prepared.stride * 4],
         max_size=args.max_size or [1088, 1920],
         verify=not args.no_verify,
     )
+    if args.precision == "fp16":
+        from diffvos.export.fp16 import convert_bundle_fp16
+
+        with scratch:
+            manifest = convert_bundle_fp16(target, args.output, force=args.force)
     flops = manifest.flops
     if flops.get("truncated"):
         full = flops.get("full")

@@ -73,6 +73,9 @@ def staged_directory(final: str | Path, force: bool = False) -> Iterator[Path]:
     final = prepare_output_dir(final, force).absolute()
     check_writable_dir(final.parent)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is an ordinary folder
     try:
         yield stage
     except BaseException:

@@ -20,7 +20,9 @@ def add_propagation_options(p: argparse.ArgumentParser) -> None:
 
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
-    g.add_argument("--backend", choices=("auto", "tensorrt", "cuda", "cpu"), default="auto", help="execution provider (default auto: best available)")
+    g.add_argument("--backend", choices=("auto", "tensorrt", "cuda", "cpu", "trt"), default="auto",
+                   help="ONNX Runtime provider (default auto: TensorRT EP > CUDA EP > CPU), or 'trt' for the native "
+                   "TensorRT runtime on a plan built by 'diffvos build-engine'")
     g.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime (default: all)")
     g.add_argument("--seed", type=int, default=0, help="seed of the fixed noise bank (default 0)")
     g.add_argument("--fresh-noise", action="store_true", help="draw new noise for every frame, as the paper does")

@@ -60,6 +60,11 @@ class FeatureExtractor:
         return twin
 
     def _open(self, graph: str, backend: str, threads: int, cache: Path, fp16: bool):
+        if backend == "trt":  # native TensorRT: the plan built by `diffvos build-engine`
+            from diffvos.runtime.trt_backend import open_trt_session
+
+            session = open_trt_session(self.bundle, graph, self.manifest)
+            return session, ProviderChoice("trt", session.get_providers()[0], session.get_providers())
         entry = self.manifest.graphs[graph]
         return create_session(self.bundle / entry.file, backend=backend, threads=threads, cache_dir=cache, fp16=fp16)
 

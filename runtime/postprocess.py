@@ -1,8 +1,8 @@
 """Masks to and from the feature grid (METHOD.md section 2, first paragraph and step 8).
 
-Resampling is written out with explicit index / weight matrices so that it matches, bit for bit
-where it matters, the reference's PIL ``NEAREST`` resize and torch's bilinear
-``F.interpolate(..., align_corners=False)``, without importing either.
+Resampling is written out with explicit index / weight matrices so that it matches the
+reference's PIL ``NEAREST`` resize exactly and torch's bilinear ``F.interpolate(...,
+align_corners=False)`` to float rounding, without importing either.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
 """Label propagation through a local, top-k affinity (METHOD.md section 2, steps 1-7).
 
-The affinity is never built densely. The query grid is cut into rectangular tiles; each tile's
-queries are multiplied (float32 BLAS) only against the key region of each context frame that
-their windows can reach (tile grown by r on every side, clipped to the grid). Cells outside a
-query's own (2r+1)x(2r+1) window get -inf, the joint top-k over all context frames is found with
-``np.partition`` on cosine scores (exp is monotonic, so it is applied afterwards, only to the kept
-values), ties at the k-th value are kept, and the kept correspondences of the whole frame go
-through one vectorised normalise-and-sum. Scratch is preallocated and sized by the tile, so
-memory is the bank (linear in h*w*N) plus a bounded amount. ``radius=0`` (no window) uses the same
-kernel with tiles of whole query rows against whole frames.
+The affinity is never built densely. The query grid is cut into square tiles; each tile's
+queries are multiplied (float32 BLAS) only against the key region of a context frame that their
+windows can reach (the tile grown by r on every side, clipped to the grid). Cells outside a
+query's own (2r+1)x(2r+1) window get -inf. Context frames are the outer loop, so a float16 frame
+is widened once per step; each frame yields its own top-k per query (ties kept) and the joint
+top-k over all frames is taken on the union of those, which always contains it. Selection works
+on cosines (exp is monotonic) and exp is applied, max-subtracted, only to kept values; the kept
+correspondences of the whole frame then go through one vectorised normalise-and-sum. Scratch is
+preallocated and sized by the tile; memory is the bank (linear in h*w*N) plus bounded scratch
+and O(h*w*N*k) per-step candidate lists. ``radius=0`` (no window) runs the same kernel with
+tiles of whole query rows against whole frames.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class PropagationConfig:
             raise InputError(f"PropagationConfig.tile must be >= 1, not {self.tile}")
 
 
-DEFAULT_TILE = 8  # chosen by benchmarks/bench_propagation.py --tiles at 60x104, C=512, 29 frames
+DEFAULT_TILE = 12  # measured best (4-16) by benchmarks/bench_propagation.py --tiles, 60x104, C=512, 29 frames
 
 
 @dataclass
@@ -120,13 +122,14 @@ class Propagator:
     # -- geometry ----------------------------------------------------------------------------
     def _build_tiles(self) -> None:
         h, w, r = self.h, self.w, self.config.radius
-        slots = self.config.memory + 1
         self.windowed = 0 < r < max(h, w) - 1
+        if (self.config.memory + 1) * h * w >= 2**31:
+            raise InputError(f"propagation: memory of {(self.config.memory + 1)} frames of {h}x{w} cells is too large")
         if self.windowed:
             ty = tx = self.config.tile or DEFAULT_TILE
         else:  # whole rows of queries against whole frames, scores bounded by the budget
             tx = w
-            ty = max(1, min(h, _DENSE_SCORE_BUDGET // (4 * w * slots * h * w)))
+            ty = max(1, min(h, _DENSE_SCORE_BUDGET // (4 * w * h * w)))
             r = max(h, w)
         bias_cache: dict[tuple, np.ndarray] = {}
         self.tiles: list[_Tile] = []
@@ -145,19 +148,25 @@ class Propagator:
                 ids = (np.arange(y0, y1)[:, None] * w + np.arange(x0, x1)[None, :]).ravel()
                 self.tiles.append(_Tile(slice(y0, y1), slice(x0, x1), slice(ky0, ky1), slice(kx0, kx1), ids, bias))
                 nk = (ky1 - ky0) * (kx1 - kx0)
-                max_scores = max(max_scores, ids.size * nk * slots)
+                max_scores = max(max_scores, ids.size * nk)
                 max_keys = max(max_keys, nk)
         self._scores = np.empty(max_scores, np.float32)
         self._part = np.empty(max_scores, np.float32)
         self._keys = np.empty(max_keys * self.channels, np.float32)
-        self._qbuf = np.empty(ty * tx * self.channels, np.float32)
+        self._order = np.concatenate([t.query_ids for t in self.tiles])  # tile-major query order
+        self._offsets = np.cumsum([0] + [t.query_ids.size for t in self.tiles])[:-1]
+        self._qpacked = np.empty((h * w, self.channels), np.float32)
+        self._frame32 = (
+            np.empty((h, w, self.channels), np.float32) if self.bank.features.dtype != np.float32 else None
+        )
         # raster position of every cell, for displacements
         self._cell_y = np.repeat(np.arange(h), w)
         self._cell_x = np.tile(np.arange(w), h)
 
     @property
     def scratch_nbytes(self) -> int:
-        return self._scores.nbytes + self._part.nbytes + self._keys.nbytes + self._qbuf.nbytes + self.query.nbytes
+        extra = self._frame32.nbytes if self._frame32 is not None else 0
+        return self._scores.nbytes + self._part.nbytes + self._keys.nbytes + self._qpacked.nbytes + self.query.nbytes + extra
 
     # -- public API ----------------------------------------------------------------------------
     def start(self, features: np.ndarray, onehot: np.ndarray) -> None:
@@ -191,43 +200,63 @@ class Propagator:
 
     # -- kernel ----------------------------------------------------------------------------------
     def _candidates(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per tile: window scores, joint top-k with ties; returns the kept (query, cosine, cell)."""
-        feats, c, hw, n = self.bank.features, self.channels, self.h * self.w, len(slots)
+        """Kept (query, cosine, memory cell) triples, grouped by query.
+
+        Context frames are the outer loop so that a float16 frame is widened to float32 once
+        per step (not once per tile). Each frame contributes its own top-k per query (ties kept);
+        the joint top-k over all frames is always inside the union of those, so it is taken on
+        that union afterwards.
+        """
+        feats, c, hw, w = self.bank.features, self.channels, self.h * self.w, self.w
         k = self.config.topk
-        direct = feats.dtype == np.float32
-        out_q, out_v, out_c = [], [], []
-        for t in self.tiles:
-            nq = t.query_ids.size
-            nky, nkx = t.ky.stop - t.ky.start, t.kx.stop - t.kx.start
-            nk = nky * nkx
-            q = self._qbuf[: nq * c].reshape(nq, c)
-            q.reshape(t.qy.stop - t.qy.start, t.qx.stop - t.qx.start, c)[...] = self.query[t.qy, t.qx]
-            scores = self._scores[: nq * n * nk].reshape(nq, n * nk)
-            for f, slot in enumerate(slots):
-                region = feats[slot, t.ky, t.kx]
-                if direct and nkx == self.w:
-                    keys = region.reshape(nk, c)  # contiguous rows: a view, no copy
+        np.take(self.query.reshape(hw, c), self._order, axis=0, out=self._qpacked)
+        pos_l, val_l, cell_l = [], [], []
+        for slot in slots:
+            frame = feats[slot]
+            if frame.dtype != np.float32:
+                np.copyto(self._frame32, frame)
+                frame = self._frame32
+            for t, off in zip(self.tiles, self._offsets):
+                nq = t.query_ids.size
+                nky, nkx = t.ky.stop - t.ky.start, t.kx.stop - t.kx.start
+                nk = nky * nkx
+                if nkx == w:
+                    keys = frame[t.ky].reshape(nk, c)  # whole rows: a view
                 else:
                     keys = self._keys[: nk * c].reshape(nk, c)
-                    keys.reshape(nky, nkx, c)[...] = region
-                np.matmul(q, keys.T, out=scores[:, f * nk : (f + 1) * nk])
-            if t.bias is not None:
-                scores3 = scores.reshape(nq, n, nk)
-                scores3 += t.bias[:, None, :]
-            total = n * nk
-            kk = min(k, total)
-            part = self._part[: nq * total].reshape(nq, total)
-            np.copyto(part, scores)
-            part.partition(total - kk, axis=1)
-            kth = part[:, total - kk].copy()
-            np.maximum(kth, np.finfo(np.float32).min, out=kth)  # fewer than k window cells: not -inf ones
-            rows, cols = np.nonzero(scores >= kth[:, None])
-            frame, pos = np.divmod(cols, nk)
-            ry, rx = np.divmod(pos, nkx)
-            out_q.append(t.query_ids[rows])
-            out_v.append(scores[rows, cols])
-            out_c.append(slots[frame] * hw + (ry + t.ky.start) * self.w + (rx + t.kx.start))
-        return np.concatenate(out_q), np.concatenate(out_v), np.concatenate(out_c)
+                    keys.reshape(nky, nkx, c)[...] = frame[t.ky, t.kx]
+                scores = self._scores[: nq * nk].reshape(nq, nk)
+                np.matmul(self._qpacked[off : off + nq], keys.T, out=scores)
+                if t.bias is not None:
+                    scores += t.bias
+                kk = min(k, nk)
+                part = self._part[: nq * nk].reshape(nq, nk)
+                np.copyto(part, scores)
+                part.partition(nk - kk, axis=1)
+                kth = part[:, nk - kk].copy()
+                np.maximum(kth, np.finfo(np.float32).min, out=kth)  # never keep -inf (outside window)
+                rows, cols = np.nonzero(scores >= kth[:, None])
+                ry, rx = np.divmod(cols, nkx)
+                pos_l.append((rows + off).astype(np.int32))
+                val_l.append(scores[rows, cols])
+                cell_l.append((slot * hw + (ry + t.ky.start) * w + (rx + t.kx.start)).astype(np.int32))
+        pos, vals, cells = np.concatenate(pos_l), np.concatenate(val_l), np.concatenate(cell_l)
+        del pos_l, val_l, cell_l
+        if len(slots) > 1:  # joint top-k (ties kept) over the union of per-frame candidates
+            order = np.argsort(pos, kind="stable")
+            pos, vals, cells = pos[order], vals[order], cells[order]
+            counts = np.bincount(pos, minlength=hw)
+            starts = np.cumsum(counts) - counts
+            within = np.arange(pos.size) - starts[pos]
+            width = int(counts.max())
+            if width > k:
+                padded = np.full((hw, width), -np.inf, np.float32)
+                padded[pos, within] = vals
+                kth = np.partition(padded, width - k, axis=1)[:, width - k]
+                np.maximum(kth, np.finfo(np.float32).min, out=kth)
+                keep = vals >= kth[pos]
+                pos, vals, cells = pos[keep], vals[keep], cells[keep]
+        return self._order[pos], vals, cells
 
     def _aggregate(self, qids: np.ndarray, vals: np.ndarray, cells: np.ndarray) -> np.ndarray:
         """Exp, optional MAG-Filter, per-query normalisation and mask sum; (hw, K+1) float32."""
