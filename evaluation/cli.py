@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_propagation_options(q)
     add_runtime_options(q)
     q.set_defaults(func=run_quality)
+    from diffvos.evaluation.benchmarks import register as register_benchmarks
+
+    register_benchmarks(kinds)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -324,15 +324,8 @@ def _check_array(name: str, a: Any, dtype: type, shape: tuple[int, ...], writeab
         raise _Reject(Status.BUFFER, f"{name}: the array is read-only")
 
 
-def _mag_filter(text: str) -> Any:
-    """The CLI's --mag-filter parser ('off' | 'adaptive' | radius), so both accept the same."""
-    from diffvos.runtime.cli import parse_mag_filter
-
-    return parse_mag_filter(text)
-
-
 def _config(options: SessionOptions) -> Any:
-    from diffvos.runtime.propagation import PropagationConfig
+    from diffvos.runtime.propagation import PropagationConfig, parse_mag_filter
 
     if options.propagation is not None:
         if not isinstance(options.propagation, PropagationConfig):
@@ -343,7 +336,7 @@ def _config(options: SessionOptions) -> Any:
         topk=int(options.topk),
         radius=int(options.radius),
         memory=int(options.memory),
-        mag_filter=_mag_filter(str(options.mag_filter)),
+        mag_filter=parse_mag_filter(str(options.mag_filter)),
     )
 
 

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def propagation_config(args: argparse.Namespace):
-    from diffvos.runtime.propagation import PropagationConfig
+    from diffvos.runtime.propagation import PropagationConfig, parse_mag_filter
 
     return PropagationConfig(
         temperature=args.temperature,
@@ -53,21 +53,6 @@ def propagation_config(args: argparse.Namespace):
         memory=args.memory,
         mag_filter=parse_mag_filter(args.mag_filter),
     )
-
-
-def parse_mag_filter(value: str):
-    """'off' | 'adaptive' | a fixed radius in feature cells -> MagFilter or None."""
-    from diffvos.runtime.errors import InputError
-    from diffvos.runtime.propagation import MagFilter
-
-    if value in ("off", "none", "0"):
-        return None
-    if value == "adaptive":
-        return MagFilter(mode="adaptive")
-    try:
-        return MagFilter(mode="fixed", radius=float(value))
-    except ValueError:
-        raise InputError(f"--mag-filter must be 'off', 'adaptive' or a radius in cells, not {value!r}") from None
 
 
 def run_track(args: argparse.Namespace) -> int:

@@ -62,6 +62,18 @@ class MagFilter:
         return max(float(self.floor), self.multiplier * typical)
 
 
+def parse_mag_filter(value: str) -> MagFilter | None:
+    """'off' | 'adaptive' | a fixed radius in feature cells -> MagFilter or None."""
+    if value in ("off", "none", "0"):
+        return None
+    if value == "adaptive":
+        return MagFilter(mode="adaptive")
+    try:
+        return MagFilter(mode="fixed", radius=float(value))
+    except ValueError:
+        raise InputError(f"--mag-filter must be 'off', 'adaptive' or a radius in cells, not {value!r}") from None
+
+
 @dataclass
 class PropagationConfig:
     """Propagation settings; defaults are the published reference (METHOD.md section 2).

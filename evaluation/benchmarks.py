@@ -1,0 +1,105 @@
+"""`diffvos bench pipeline|scaling|efficiency`: options here, the work in benchmarks/*.py.
+
+The benchmark scripts live in the repository's ``benchmarks/`` folder (not a package, not part of
+an installed wheel); this module defines their command-line options (no heavy imports) and loads
+a script from the repository path only when its subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+from diffvos.runtime.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+DEFAULT_DAVIS = REPO.parent / "shared" / "data" / "davis2016"
+DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures" / "adm"
+DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "diffvos-bench"
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` by path (once per process)."""
+    key = f"_diffvos_bench_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    path = BENCHMARKS / f"{name}.py"
+    if not path.is_file():
+        raise InputError(f"benchmark script not found (the benchmarks live in the source checkout): {path}")
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--configs", nargs="+", choices=("adm256", "tiny"), default=["adm256", "tiny"],
+                   help="adm256: ADM-256 architecture, random weights, 256x256, E=1; "
+                   "tiny: the tiny ADM fixture at 480x832, E=8 (default: both)")
+    p.add_argument("--frames", type=int, default=4, help="timed frames per config, after the first (default 4)")
+    p.add_argument("--memory", type=int, default=28,
+                   help="N: FIFO frames; the memory is prefilled so every timed step sees N+1 context frames")
+    p.add_argument("--noise", choices=("shared", "fresh"), default="shared",
+                   help="shared (default): both pipelines use the same seeded noise bank, so the masks differ "
+                   "by numerics only; fresh: the baseline draws torch noise per frame (as published) and "
+                   "the project draws fresh numpy noise per frame")
+    p.add_argument("--dense-chunk", type=int, default=520,
+                   help="queries per dense affinity block in the baseline (0 = the whole matrix at once, as "
+                   "published: 4.5 GB at 480x832 with 29 frames)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all); torch uses its default")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the noise")
+    p.add_argument("--davis", default=str(DEFAULT_DAVIS), help="DAVIS-2016 root (default: ../shared/data/davis2016)")
+    p.add_argument("--sequence", default="dog-agility", help="DAVIS sequence (default dog-agility)")
+    p.add_argument("--synthetic", action="store_true", help="use the synthetic sample clip instead of DAVIS")
+    p.add_argument("--fixtures", default=str(DEFAULT_FIXTURES), help="folder with the tiny ADM fixture")
+    p.add_argument("--workdir", default=str(DEFAULT_WORKDIR),
+                   help=f"where checkpoints and bundles are made and reused (default {DEFAULT_WORKDIR})")
+
+
+def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", nargs="+", default=["30x52", "60x104", "120x208"], help="feature grids h x w")
+    p.add_argument("--memories", nargs="+", type=int, default=[1, 2, 4, 8, 16, 28], help="N values (FIFO frames)")
+    p.add_argument("--memory-size", default="60x104", help="grid of the N sweep (default 60x104)")
+    p.add_argument("--channels", type=int, default=512, help="feature channels C (default 512)")
+    p.add_argument("--runs", type=int, default=2, help="timed steps per point (median; default 2)")
+    p.add_argument("--feature-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--output", default="scaling.csv", help="CSV path; the PNG plot goes beside it")
+
+
+def add_efficiency_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--configs", nargs="+", choices=("adm256", "tiny"), default=["adm256", "tiny"])
+    p.add_argument("--runs", type=int, default=3, help="timed feature-graph runs (median; default 3)")
+    p.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n float32 matrix product")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fixtures", default=str(DEFAULT_FIXTURES))
+    p.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
+
+
+def register(kinds: argparse._SubParsersAction) -> None:
+    """Add the pipeline, scaling and efficiency subcommands to ``diffvos bench``."""
+    specs = (
+        ("pipeline", "bench_pipeline", add_pipeline_arguments,
+         "the published pipeline (PyTorch eager, dense) vs the project's (ONNX Runtime, windowed): ms per stage"),
+        ("scaling", "bench_scaling", add_scaling_arguments,
+         "one propagation step as the grid and the memory grow: time and peak memory (CSV + PNG)"),
+        ("efficiency", "bench_efficiency", add_efficiency_arguments,
+         "FLOPs of the feature graph, achieved FLOP/s and the share of the machine's matmul peak"),
+    )
+    for name, script, add, text in specs:
+        p = kinds.add_parser(name, help=text, description=text)
+        add(p)
+        p.set_defaults(func=_runner(script))
+
+
+def _runner(script: str):
+    def run(args: argparse.Namespace) -> int:
+        return int(load_script(script).run(args) or 0)
+
+    return run
