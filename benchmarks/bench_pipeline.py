@@ -11,9 +11,10 @@ tiny ADM fixture at 480x832, E=8. Decoder layer 6, t=30, N=28 FIFO frames (29 co
 Both pipelines live in one process and run alternately frame by frame (order swapped every
 frame). After the first frame the memory of each is prefilled with copies of the first frame,
 so every timed step sees N+1 context frames; prefill is not timed. Medians are over the timed
-frames. Memory: resident weights = RSS growth while a pipeline loads; step peak = the highest
-RSS during its steps (VmHWM reset through /proc/self/clear_refs before each step) minus the RSS
-just before the step; both pipelines' weights stay loaded, so the process peak includes both.
+frames. Memory: weights = bytes of the tensors each pipeline holds (the torch model's state
+dict; the ONNX graph file(s) ONNX Runtime loads); step peak = the highest RSS during its steps
+(VmHWM reset through /proc/self/clear_refs before each step) minus the RSS just before the step;
+both pipelines stay loaded, so the process peak during either's steps includes both.
 Figures are printed, never asserted.
 """
 
@@ -186,7 +187,7 @@ def mean_iou(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass
 class Measured:
     timings: list[dict[str, float]] = field(default_factory=list)
-    load_mib: float = 0.0
+    load_mib: float = 0.0  # bytes of the weights the pipeline holds, MiB
     step_peak_mib: float = 0.0  # highest RSS above the pre-step level during a step
     process_peak_mib: float = 0.0  # highest process RSS during its steps
     labels: list[np.ndarray] = field(default_factory=list)
@@ -236,15 +237,15 @@ def build_pipelines(case: Case, checkpoint: Path, bundle: Path, *, memory: int, 
     if noise == "shared":  # the project's fixed bank: NoiseInjector draws it from default_rng(seed)
         shared = np.random.default_rng(seed).standard_normal((case.ensemble, 3, case.height, case.width),
                                                                dtype=np.float32)
-    gc.collect()
-    r0 = rss_mib()
     model = load_adm(checkpoint, model_config(case))
     baseline = bp.BaselinePipeline(model, (case.height, case.width), case.timestep, case.layer, case.ensemble,
                                    memory=memory, noise=shared, dense_chunk=dense_chunk, seed=seed)
-    r1 = rss_mib()
     project = ProjectPipeline(bundle, memory, threads, seed, fresh=noise == "fresh", feature_dtype=feature_dtype)
-    r2 = rss_mib()
-    return baseline, project, (r1 - r0, r2 - r1)
+    torch_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    graphs = project.extractor.manifest.graphs.values()
+    onnx_bytes = sum((bundle / g.file).stat().st_size + ((bundle / g.external_data).stat().st_size
+                                                          if g.external_data else 0) for g in graphs)
+    return baseline, project, (torch_bytes / 2**20, onnx_bytes / 2**20)
 
 
 def _baseline_module():
@@ -307,7 +308,7 @@ def format_results(case: Case, results: dict[str, Measured], header: str = "") -
         lines.append(f"| {stage.removesuffix('_ms')} | {mb:.1f} | {mp:.1f} | {ratio} |")
     fb, fp = 1e3 / b.median("total_ms"), 1e3 / p.median("total_ms")
     lines.append(f"| frames/s | {fb:.3f} | {fp:.3f} | {fp / fb:.1f}x |")
-    lines.append(f"| resident weights, MiB (RSS growth at load) | {b.load_mib:.0f} | {p.load_mib:.0f} | "
+    lines.append(f"| weights held, MiB (tensor bytes) | {b.load_mib:.0f} | {p.load_mib:.0f} | "
                  f"{b.load_mib / max(p.load_mib, 1e-9):.1f}x |")
     lines.append(f"| step peak above pre-step RSS, MiB | {b.step_peak_mib:.0f} | {p.step_peak_mib:.0f} | "
                  f"{b.step_peak_mib / max(p.step_peak_mib, 1e-9):.1f}x |")

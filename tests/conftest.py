@@ -34,3 +34,14 @@ def propagation_fixture_dir() -> Path:
 @pytest.fixture(scope="session")
 def davis_root() -> Path:
     return _need(SHARED / "data" / "davis2016")
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """The test models are tiny: on a 2-core machine one torch thread beats two fighting.
+    Module-scoped; modules that use torch request it with ``pytestmark``/autouse."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(before)

@@ -14,12 +14,7 @@ from diffvos.cli import main  # noqa: E402
 from diffvos.runtime.bundle import read_manifest  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _export(fixture, out, *extra):
@@ -32,9 +27,8 @@ def _export(fixture, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory, adm_fixture_dir):
+def tiny_bundle(tmp_path_factory, adm_fixture_dir, torch_one_thread):
     out = tmp_path_factory.mktemp("bundles") / "adm_tiny"
-    torch.set_num_threads(1)
     assert _export(adm_fixture_dir, out) == 0
     return out
 

@@ -16,15 +16,12 @@ from test_sd import _build  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def sd_bundle(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def sd_bundle(tmp_path_factory, torch_one_thread):
     root = tmp_path_factory.mktemp("sd")
     _build(root / "model")
     out = root / "bundle"
     rc = main(["export", "sd", "--model", str(root / "model"), "--timestep", "100", "--layer", "4",
                "--height", "64", "--width", "96", "--ensemble", "2", "--output", str(out)])
-    torch.set_num_threads(before)
     assert rc == 0
     return root / "model", out
 

@@ -80,13 +80,7 @@ def _build(root: Path) -> None:
     (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster than two fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
