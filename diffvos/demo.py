@@ -99,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from diffvos.runtime.propagation import PropagationConfig
+    from diffvos.runtime.propagation import DEFAULT_MAG_FILTER, PropagationConfig, parse_mag_filter
     from diffvos.runtime.track_video import track_video
     from diffvos.runtime.video_io import open_frames
 
@@ -115,7 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
         mask_path=mask,
         output_dir=out / "masks",
         overlay=out / "overlay.mp4",
-        config=PropagationConfig(),
+        config=PropagationConfig(mag_filter=parse_mag_filter(DEFAULT_MAG_FILTER)),
         backend=args.backend,
         threads=args.threads,
         seed=args.seed,

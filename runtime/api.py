@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from diffvos.runtime.errors import BundleError, DiffvosError, InputError
+from diffvos.runtime.propagation import DEFAULT_MAG_FILTER
 
 MAX_OBJECTS = 255  # ids are uint8 (0 = background)
 
@@ -92,7 +93,7 @@ class SessionOptions:
     topk: int = 15
     radius: int = 15
     temperature: float = 0.2
-    mag_filter: str = "adaptive"  # off | adaptive | a radius in feature cells
+    mag_filter: str = DEFAULT_MAG_FILTER  # off | adaptive | a radius in feature cells
     seed: int = 0
     fresh_noise: bool = False
     # Python only: a full PropagationConfig, used instead of the five fields above when given

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from diffvos.runtime.propagation import DEFAULT_MAG_FILTER
+
 
 def add_propagation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("propagation (METHOD.md section 2)")
@@ -13,8 +15,9 @@ def add_propagation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=0.2, help="affinity temperature (default 0.2)")
     g.add_argument(
         "--mag-filter",
-        default="adaptive",
-        help="correspondence-magnitude filter: 'off', 'adaptive' (default) or a fixed radius in feature cells",
+        default=DEFAULT_MAG_FILTER,
+        help="correspondence-magnitude filter: 'off', 'adaptive', or a fixed radius in feature cells "
+        f"(default {DEFAULT_MAG_FILTER})",
     )
 
 
