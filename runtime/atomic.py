@@ -17,6 +17,13 @@ from typing import Iterator
 from diffvos.runtime.errors import OutputError
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: call outside threaded hot paths)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a partial file."""
     path = Path(path)
@@ -25,6 +32,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except OSError as exc:
         raise OutputError(f"cannot write here: {exc.strerror}", path.parent) from exc
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary files
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -73,9 +81,7 @@ def staged_directory(final: str | Path, force: bool = False) -> Iterator[Path]:
     final = prepare_output_dir(final, force).absolute()
     check_writable_dir(final.parent)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is an ordinary folder
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
     try:
         yield stage
     except BaseException:

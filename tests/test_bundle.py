@@ -116,3 +116,17 @@ def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
     with pytest.raises(OutputError, match="cannot write"):
         write_bytes_atomic(f"{target}/below-a-file", b"x")
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "f.bin", b"x")
+        with staged_directory(tmp_path / "d") as stage:
+            (stage / "g").write_text("y")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
