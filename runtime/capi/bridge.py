@@ -45,6 +45,13 @@ def _handle_str(ffi: Any, key: int, name: str, text: str) -> Any:
     return buf
 
 
+def _forget(key: int) -> None:
+    """Drop a handle and its cached strings: later use of it returns INVALID_HANDLE."""
+    with _table_lock:
+        _table.pop(key, None)
+    _strings.pop(key, None)
+
+
 def _register(ffi: Any, obj: Any, ctype: str) -> Any:
     with _table_lock:
         key = next(_keys)
@@ -187,9 +194,7 @@ def install(ffi: Any) -> None:
     @extern
     def diffvos_runtime_destroy(rt):
         key, obj = _lookup(ffi, rt, api.Runtime, "diffvos_runtime_destroy")
-        with _table_lock:
-            _table.pop(key, None)
-        _strings.pop(key, None)
+        _forget(key)
         return int(api.runtime_destroy(obj))
 
     @extern
@@ -247,9 +252,7 @@ def install(ffi: Any) -> None:
     @extern
     def diffvos_session_destroy(sp):
         key, s = _lookup(ffi, sp, api.Session, "diffvos_session_destroy")
-        with _table_lock:
-            _table.pop(key, None)
-        _strings.pop(key, None)
+        _forget(key)
         return int(api.session_destroy(s))
 
     def _frame(s, frame, frame_bytes, what):
