@@ -20,10 +20,10 @@ from diffvos.export.adm_unet import (
     ResBlock,
     TimestepSequential,
     check_layer,
-    check_size,
     resblock_body,
     timestep_embedding,
 )
+from diffvos.export.onnx_export import check_size
 from diffvos.runtime.errors import CheckpointError, ExportError
 
 __all__ = ["ADMConfig", "ADMUNet", "TruncatedADM", "load_adm", "timestep_embedding"]
@@ -151,7 +151,7 @@ class TruncatedADM(nn.Module):
         return self._table[-1][1]
 
     def check_size(self, height: int, width: int) -> None:
-        check_size(height, width, self.total_stride)
+        check_size(height, width, self.total_stride, "ADM")
 
     def forward(self, x_t: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_tracing():  # traced sizes are tensors: exporters call check_size() first

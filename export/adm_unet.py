@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffvos.export.adm_config import ADMConfig
+from diffvos.export.onnx_export import check_size
 from diffvos.runtime.errors import ExportError
 
 
@@ -183,13 +184,6 @@ def check_layer(layer: int, config: ADMConfig) -> int:
     return layer
 
 
-def check_size(height: int, width: int, stride: int) -> None:
-    if height <= 0 or width <= 0 or height % stride or width % stride:
-        raise ExportError(
-            f"ADM input height and width must be positive multiples of the total stride {stride}, got {height}x{width}"
-        )
-
-
 class ADMUNet(nn.Module):
     """guided-diffusion ``UNetModel`` (unconditional), with the same state-dict names and shapes."""
 
@@ -254,7 +248,7 @@ class ADMUNet(nn.Module):
 
     def layer_table(self, height: int, width: int) -> list[dict[str, int]]:
         """Stride, channels and feature size of each output block for an input of height x width."""
-        check_size(height, width, self.total_stride)
+        check_size(height, width, self.total_stride, "ADM")
         return [
             {"layer": i, "stride": s, "channels": c, "height": height // s, "width": width // s}
             for i, (s, c) in enumerate(self._table)
@@ -271,7 +265,7 @@ class ADMUNet(nn.Module):
 
     def _run(self, x: torch.Tensor, timesteps: torch.Tensor | int, last_block: int) -> torch.Tensor:
         if not torch.jit.is_tracing():
-            check_size(int(x.shape[-2]), int(x.shape[-1]), self.total_stride)
+            check_size(int(x.shape[-2]), int(x.shape[-1]), self.total_stride, "ADM")
         emb = self.time_embedding(timesteps, x.shape[0])
         skips = []
         h = x

@@ -139,7 +139,7 @@ def prepare_sd(args: argparse.Namespace) -> PreparedBackbone:
         raise ExportError(f"ensemble size must be >= 1, got {args.ensemble}")
     c = load_sd(args.model)
     f = c.vae_factor
-    check_size(args.height, args.width, f, "the VAE")
+    check_size(args.height, args.width, f, "Stable Diffusion", "the VAE factor")
     table = c.layer_table(args.height, args.width)
     check_sd_layer(args.layer, table)
     alpha_bar = c.alpha_bar(args.timestep)

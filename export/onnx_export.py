@@ -241,8 +241,8 @@ def write_bundle(
     return manifest
 
 
-def check_size(height: int, width: int, multiple: int, what: str) -> None:
-    """H and W must be multiples of the model's total stride."""
+def check_size(height: int, width: int, multiple: int, model: str, divisor: str = "the total stride") -> None:
+    """The one size rule of every backbone: H and W must be positive multiples of its stride."""
     bad = [f"{n}={v}" for n, v in (("height", height), ("width", width)) if v <= 0 or v % multiple]
     if bad:
         def near(v: int) -> str:
@@ -250,8 +250,8 @@ def check_size(height: int, width: int, multiple: int, what: str) -> None:
             return f"{lo} or {lo + multiple}" if lo != v else str(v)
 
         raise ExportError(
-            f"{', '.join(bad)} not a multiple of {what}'s total stride {multiple} "
-            f"(try height {near(height)}, width {near(width)})"
+            f"{model} input height and width must be positive multiples of {divisor} {multiple}, got "
+            f"{height}x{width} ({', '.join(bad)}; try height {near(height)}, width {near(width)})"
         )
 
 

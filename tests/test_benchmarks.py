@@ -100,8 +100,8 @@ def test_efficiency_counts_and_peak(adm_fixture_dir):
     flops, _ = ef.graph_flops(bundle, config)
     model = load_adm(adm_fixture_dir / "adm_tiny_state_dict.pt", config)
     assert flops == 2 * count_flops(TruncatedADM(model, 30, 6), torch.zeros(1, 3, 64, 96))
-    seconds, provider = ef.time_graph(bundle, 1, 1)  # a figure to print, not to judge
-    assert isinstance(seconds, float) and provider == "CPUExecutionProvider"
+    _, provider = ef.time_graph(bundle, 1, 1)  # the time is a figure to print, not to judge
+    assert provider == "CPUExecutionProvider"
 
 
 def test_cli_has_bench_subcommands(capsys):
