@@ -31,7 +31,7 @@ def tiny_clip(tmp_path_factory):
 def test_baseline_and_project_agree_on_tiny_case(adm_fixture_dir, tiny_clip, tmp_path):
     from tests.adm_bundle import tiny_adm_bundle
 
-    bp = load_script("bench_pipeline")
+    bp = load_script("pipeline")
     frames, labels = tiny_clip
     case = bp.Case("tiny-small", 64, 96, 2, config_json=str(adm_fixture_dir / "adm_tiny_config.json"),
                    state_dict=str(adm_fixture_dir / "adm_tiny_state_dict.pt"), label="tiny 64x96 E=2")
@@ -68,7 +68,7 @@ def test_baseline_dense_step_matches_hand_case():
 
 
 def test_scaling_writes_csv(tmp_path):
-    sc = load_script("bench_scaling")
+    sc = load_script("scaling")
     out = tmp_path / "scaling.csv"
     args = argparse.Namespace(sizes=["6x8", "8x10"], memories=[1, 2], memory_size="6x8", channels=64, runs=1,
                               feature_dtype="float32", output=str(out))
@@ -92,7 +92,7 @@ def test_efficiency_counts_and_peak(adm_fixture_dir):
     from diffvos.export.flops import count_flops
     from tests.adm_bundle import tiny_adm_bundle
 
-    ef = load_script("bench_efficiency")
+    ef = load_script("efficiency")
     peak = ef.matmul_peak(64, repeats=1)
     assert peak["numpy"] > 0
     bundle = tiny_adm_bundle(adm_fixture_dir)

@@ -15,7 +15,6 @@ Never imported by the runtime: ``diffvos.runtime`` must stay torch-free.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from dataclasses import dataclass
@@ -24,24 +23,13 @@ from typing import Any
 
 import numpy as np
 
-_HERE = Path(__file__).resolve().parent
-
-
-def _load_sibling(name: str) -> Any:
-    """Import ``benchmarks/<name>.py`` (the folder is not a package)."""
-    key = f"_diffvos_bench_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    spec = importlib.util.spec_from_file_location(key, _HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def dense_reference():
     """``dense_step`` of benchmarks/bench_propagation.py: METHOD.md section 2 steps 1-6, literally."""
-    return _load_sibling("bench_propagation").dense_step
+    from diffvos.benchmarks.propagation import dense_step
+
+    return dense_step
 
 
 @dataclass

@@ -23,20 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _pipeline_module():
-    from importlib.util import module_from_spec, spec_from_file_location
+    from diffvos.benchmarks import pipeline
 
-    key = "_diffvos_bench_bench_pipeline"
-    if key not in sys.modules:
-        spec = spec_from_file_location(key, Path(__file__).resolve().parent / "bench_pipeline.py")
-        mod = module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
+    return pipeline
 
 
 def matmul_peak(n: int, repeats: int = 3) -> dict[str, float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DAVIS = ROOT.parent / "shared" / "data" / "davis2016" / "JPEGImages" / "480p"
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "adm"
 

@@ -18,23 +18,15 @@ import io
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 FIELDS = ("sweep", "h", "w", "hw", "memory_N", "context_frames", "channels", "median_ms", "step_peak_traced_mib",
           "bank_mib", "scratch_mib")
 
 
 def _propagation_helpers():
-    from importlib.util import module_from_spec, spec_from_file_location
+    from diffvos.benchmarks import propagation
 
-    key = "_diffvos_bench_bench_propagation"
-    if key not in sys.modules:
-        spec = spec_from_file_location(key, Path(__file__).resolve().parent / "bench_propagation.py")
-        mod = module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
+    return propagation
 
 
 def parse_size(text: str) -> tuple[int, int]:

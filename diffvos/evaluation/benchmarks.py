@@ -8,34 +8,22 @@ a script from the repository path only when its subcommand runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
+import importlib
 import tempfile
 from pathlib import Path
 from types import ModuleType
 
 from diffvos.runtime.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "benchmarks"
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DAVIS = REPO.parent / "shared" / "data" / "davis2016"
 DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures" / "adm"
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "diffvos-bench"
 
 
 def load_script(name: str) -> ModuleType:
-    """Import ``benchmarks/<name>.py`` by path (once per process)."""
-    key = f"_diffvos_bench_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    path = BENCHMARKS / f"{name}.py"
-    if not path.is_file():
-        raise InputError(f"benchmark script not found (the benchmarks live in the source checkout): {path}")
-    spec = importlib.util.spec_from_file_location(key, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module ``diffvos.benchmarks.<name>`` (imported on use: some need torch)."""
+    return importlib.import_module(f"diffvos.benchmarks.{name}")
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,11 +73,11 @@ def add_efficiency_arguments(p: argparse.ArgumentParser) -> None:
 def register(kinds: argparse._SubParsersAction) -> None:
     """Add the pipeline, scaling and efficiency subcommands to ``diffvos bench``."""
     specs = (
-        ("pipeline", "bench_pipeline", add_pipeline_arguments,
+        ("pipeline", "pipeline", add_pipeline_arguments,
          "the published pipeline (PyTorch eager, dense) vs the project's (ONNX Runtime, windowed): ms per stage"),
-        ("scaling", "bench_scaling", add_scaling_arguments,
+        ("scaling", "scaling", add_scaling_arguments,
          "one propagation step as the grid and the memory grow: time and peak memory (CSV + PNG)"),
-        ("efficiency", "bench_efficiency", add_efficiency_arguments,
+        ("efficiency", "efficiency", add_efficiency_arguments,
          "FLOPs of the feature graph, achieved FLOP/s and the share of the machine's matmul peak"),
     )
     for name, script, add, text in specs:

@@ -33,8 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 STAGES = ("preprocess_ms", "features_ms", "propagate_ms", "postprocess_ms", "total_ms")
 
@@ -253,15 +251,9 @@ def build_pipelines(case: Case, checkpoint: Path, bundle: Path, *, memory: int, 
 
 
 def _baseline_module():
-    from importlib.util import module_from_spec, spec_from_file_location
+    from diffvos.benchmarks import baseline_pipeline
 
-    key = "_diffvos_bench_baseline_pipeline"
-    if key not in sys.modules:
-        spec = spec_from_file_location(key, Path(__file__).resolve().parent / "baseline_pipeline.py")
-        mod = module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
+    return baseline_pipeline
 
 
 def run_case(case: Case, frames: list[np.ndarray], labels: np.ndarray, *, workdir: Path, memory: int,
