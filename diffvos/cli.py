@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from diffvos.runtime.errors import DiffvosError
+    from diffvos.errors import DiffvosError
 
     parser = build_parser()
     args = parser.parse_args(argv)

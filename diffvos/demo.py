@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from diffvos import __version__
+from diffvos.errors import InputError
 
 
 def cache_dir() -> Path:
@@ -32,8 +33,8 @@ def sample_clip() -> tuple[Path, Path]:
 
 
 def _cached_bundle(key: str, build) -> Path:
-    from diffvos.runtime.bundle import read_manifest
-    from diffvos.runtime.errors import BundleError
+    from diffvos.bundle import read_manifest
+    from diffvos.errors import BundleError
 
     path = cache_dir() / "bundles" / key
     try:
@@ -48,42 +49,41 @@ def _cached_bundle(key: str, build) -> Path:
     return path
 
 
-def demo_bundle(args: argparse.Namespace, frame_hw: tuple[int, int]) -> Path:
-    from diffvos.runtime.preprocess import method_size
+def demo_bundle(backbone: str, frame_hw: tuple[int, int], checkpoint: str | None = None,
+                model_config: str | None = None, ensemble: int = 1) -> Path:
+    """The demo's bundle from the cache, built on first use."""
+    from diffvos.bundle.sizes import method_size
+    from diffvos.config import DYNAMIC_MAX_SIZE
 
     def export(prepared, path: Path, dynamic: bool) -> None:
         from diffvos.export.onnx_export import write_bundle
 
-        write_bundle(prepared, path, force=True, dynamic=dynamic, min_size=[64, 64], max_size=[1088, 1920])
+        write_bundle(prepared, path, force=True, dynamic=dynamic, min_size=[64, 64], max_size=list(DYNAMIC_MAX_SIZE))
 
-    if args.backbone == "mobilenetv2":
+    if backbone == "mobilenetv2":
         def build(path: Path) -> None:
             from diffvos.export.backbones import prepare_mobilenetv2
 
-            ns = argparse.Namespace(weights=None, layer=None, height=480, width=832, dynamic=True)
-            export(prepare_mobilenetv2(ns), path, dynamic=True)
+            export(prepare_mobilenetv2(dynamic=True), path, dynamic=True)
 
         return _cached_bundle(f"mobilenetv2-v{__version__}", build)
 
-    if not args.checkpoint:
-        raise SystemExit("diffvos demo --backbone adm needs --checkpoint (a .pt file or 'adm-256-uncond')")
+    if not checkpoint:
+        raise InputError("diffvos demo --backbone adm needs --checkpoint (a .pt file or 'adm-256-uncond')")
     height, width = method_size(frame_hw, 480, 32)
-    ident = hashlib.sha256(f"{args.checkpoint}|{args.model_config}|{height}x{width}|{args.ensemble}".encode()).hexdigest()[:12]
+    ident = hashlib.sha256(f"{checkpoint}|{model_config}|{height}x{width}|{ensemble}".encode()).hexdigest()[:12]
 
     def build_adm(path: Path) -> None:
         from diffvos.export.backbones import prepare_adm
 
-        ns = argparse.Namespace(
-            checkpoint=args.checkpoint, model_config=args.model_config, timestep=30, layer=6,
-            ensemble=args.ensemble, height=height, width=width,
-        )
-        export(prepare_adm(ns), path, dynamic=False)
+        export(prepare_adm(checkpoint, model_config=model_config, ensemble=ensemble, height=height, width=width),
+               path, dynamic=False)
 
     return _cached_bundle(f"adm-{ident}-v{__version__}", build_adm)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from diffvos.runtime.cli import add_runtime_options
+    from diffvos.config import RuntimeConfig, SessionConfig, add_options
 
     d = sub.add_parser("demo", help="offline demo on the CPU: build a bundle, track a sample clip, write an overlay")
     d.add_argument("--backbone", choices=("mobilenetv2", "adm"), default="mobilenetv2", help="default: the offline baseline")
@@ -94,34 +94,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--mask", help="first mask (default: the sample clip's)")
     d.add_argument("--output", default="diffvos-demo", help="output folder (default ./diffvos-demo)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_runtime_options(d)
+    runtime = d.add_argument_group("runtime")
+    add_options(runtime, RuntimeConfig)
+    add_options(runtime, SessionConfig)
     d.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from diffvos.runtime.propagation import DEFAULT_MAG_FILTER, PropagationConfig, parse_mag_filter
+    from diffvos.config import session_config_from_args
+    from diffvos.io.frames import open_frames
+    from diffvos.runtime.cli import open_runtime
     from diffvos.runtime.track_video import track_video
-    from diffvos.runtime.video_io import open_frames
 
-    frames, mask = (Path(args.input), Path(args.mask)) if args.input else sample_clip()
     if args.input and not args.mask:
-        raise SystemExit("diffvos demo --input needs --mask (the first frame's mask)")
+        raise InputError("diffvos demo --input needs --mask (the first frame's mask)")
+    config = session_config_from_args(args)  # the propagation defaults users get in track
+    frames, mask = (Path(args.input), Path(args.mask)) if args.input else sample_clip()
     source = open_frames(frames)
-    bundle = demo_bundle(args, source.size)
+    bundle = demo_bundle(args.backbone, source.size, args.checkpoint, args.model_config, args.ensemble)
     out = Path(args.output)
-    summary = track_video(
-        bundle=bundle,
-        input_path=frames,
-        mask_path=mask,
-        output_dir=out / "masks",
-        overlay=out / "overlay.mp4",
-        config=PropagationConfig(mag_filter=parse_mag_filter(DEFAULT_MAG_FILTER)),
-        backend=args.backend,
-        threads=args.threads,
-        seed=args.seed,
-        fresh_noise=args.fresh_noise,
-        progress=not args.no_progress,
-    )
+    summary = track_video(open_runtime(bundle, args), frames, mask, out / "masks", overlay=out / "overlay.mp4",
+                          config=config, progress=not args.no_progress)
     print(summary.line())
     print(f"masks:   {out / 'masks'}\noverlay: {out / 'overlay.mp4'}")
     return 0

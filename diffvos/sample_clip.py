@@ -28,7 +28,7 @@ def make_clip(out_dir: str | Path, frames: int = 40, height: int = 480, width: i
     """
     from PIL import Image
 
-    from diffvos.runtime.atomic import write_bytes_atomic
+    from diffvos.io.atomic import write_bytes_atomic
 
     out = Path(out_dir)
     jpeg_dir, mask_dir = out / "JPEGImages", out / "Annotations"
@@ -74,3 +74,31 @@ def make_clip(out_dir: str | Path, frames: int = 40, height: int = 480, width: i
             mask.save(buf, format="PNG")
             write_bytes_atomic(mask_dir / f"{name}.png", buf.getvalue())
     return jpeg_dir, mask_dir / "00000.png"
+
+
+# id, colour BGR, (y0, x0) at frame 0, (dy, dx) per frame, side, first frame visible
+SQUARES = (
+    (1, (0, 0, 255), (8, 8), (0, 2), 20, 0),
+    (2, (255, 200, 0), (36, 70), (0, -2), 20, 0),
+)
+
+
+def moving_squares(n: int = 12, height: int = 64, width: int = 96, objects=SQUARES,
+                   background: tuple[int, int, int] = (40, 120, 30)) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(frames, truths) in memory: flat coloured squares moving over a flat background, with the
+    exact label map of every frame, for samples and tests that compare tracking with the truth."""
+    frames, truths = [], []
+    for t in range(n):
+        f = np.empty((height, width, 3), np.uint8)
+        f[:] = background
+        lab = np.zeros((height, width), np.uint8)
+        for oid, colour, (y0, x0), (dy, dx), size, start in objects:
+            if t < start:
+                continue
+            y, x = y0 + dy * t, x0 + dx * t
+            ys, xs = slice(max(y, 0), max(y + size, 0)), slice(max(x, 0), max(x + size, 0))
+            f[ys, xs] = colour
+            lab[ys, xs] = oid
+        frames.append(f)
+        truths.append(lab)
+    return frames, truths

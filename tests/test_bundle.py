@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from diffvos.runtime.atomic import prepare_output_dir, staged_directory, write_bytes_atomic
-from diffvos.runtime.bundle import (
+from diffvos.io.atomic import prepare_output_dir, staged_directory, write_bytes_atomic
+from diffvos.bundle import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
     GraphEntry,
@@ -16,7 +16,7 @@ from diffvos.runtime.bundle import (
     sha256_file,
     write_manifest,
 )
-from diffvos.runtime.errors import BundleError, OutputError
+from diffvos.errors import BundleError, OutputError
 
 
 def _bundle(tmp_path, payload=b"graph bytes"):

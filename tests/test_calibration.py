@@ -8,12 +8,17 @@ import cv2
 import numpy as np
 import pytest
 
-from diffvos.calibration.calibrate import CalibrationOptions, calibrate_bundle, runtime_inputs, _extractor
+from PIL import Image
+
+from diffvos.bundle import read_manifest
+from diffvos.calibration.calibrate import CalibrationOptions, calibrate_bundle, calibration_inputs, mask_agreement
 from diffvos.calibration.frames import FramePool, split_indices
-from diffvos.calibration.quantize import QuantConfig, choose, Candidate
+from diffvos.calibration.quantize import Candidate, QuantConfig, choose
 from diffvos.calibration.trt_cache import format_cache, parse_cache, scale_hex, trt_version_number
-from diffvos.runtime.bundle import read_manifest
-from tests.toy_bundle import make_toy_bundle
+from diffvos.export.toy import make_toy_bundle
+from diffvos.io.masks import DAVIS_PALETTE
+from diffvos.runtime.features import Features
+from diffvos.runtime.session import Runtime
 
 
 def _frames(folder: Path, n: int = 12, hw=(64, 96)) -> Path:
@@ -41,7 +46,39 @@ def test_frame_pool_spans_sources(tmp_path):
     a, b = _frames(tmp_path / "a", 3), _frames(tmp_path / "b", 4)
     pool = FramePool([a, b])
     assert len(pool) == 7
-    np.testing.assert_array_equal(pool.read(4), cv2.imread(str(b / "00001.png")))
+    (frame,) = pool.frames([4])
+    np.testing.assert_array_equal(frame, cv2.imread(str(b / "00001.png")))
+
+
+def test_calibration_reads_frames_and_masks_as_tracking_does(tmp_path):
+    """Defect: calibration read frames in text order (1, 10, 2), ignored the EXIF guard and had
+    its own suffixes, and its mask reader counted the DAVIS void value 255 as an object."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for i in (1, 2, 10):  # natural order 1, 2, 10; text order would be 1, 10, 2
+        cv2.imwrite(str(folder / f"f{i}.png"), np.full((8, 12, 3), i, np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90°": tracking decodes pixels as stored, so must calibration
+    Image.fromarray(np.full((8, 12, 3), 20, np.uint8)).save(folder / "f20.jpg", exif=exif, quality=100)
+    (folder / "notes.webp").write_bytes(b"not a frame")  # not a frame suffix of the I/O layer
+    pool = FramePool([folder])
+    frames = list(pool.frames(range(len(pool))))
+    assert len(pool) == 4 and [int(f[0, 0, 0]) for f in frames[:3]] == [1, 2, 10]
+    assert frames[3].shape == (8, 12, 3)  # not rotated to 12x8
+    # the held-out mask: void (255) is background, as in `diffvos track`
+    bundle = make_toy_bundle(tmp_path / "toy", height=8, width=16, stride=8)
+    video = tmp_path / "v"
+    video.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(video / f"{i:05d}.png"), np.zeros((8, 16, 3), np.uint8))
+    mask = np.zeros((8, 16), np.uint8)
+    mask[:, :8] = 1
+    mask[0, :] = 255  # DAVIS void border
+    im = Image.fromarray(mask, "P")
+    im.putpalette(DAVIS_PALETTE.tobytes())
+    im.save(tmp_path / "m.png")
+    agreement = mask_agreement(bundle, bundle, str(video), str(tmp_path / "m.png"), CalibrationOptions())
+    assert agreement["objects"] == 1 and agreement["mean_iou"] == 1.0
 
 
 def test_trt_cache_hex_and_header():
@@ -68,9 +105,9 @@ def test_calibration_inputs_are_the_runtime_x_t(tmp_path):
     """x_t = sqrt(ᾱ)·x0 + sqrt(1-ᾱ)·ε with the runtime's seeded noise bank, computed by hand."""
     bundle = make_toy_bundle(tmp_path / "toy", ensemble=2, alpha_bar=0.64)
     frames = _frames(tmp_path / "f", 2)
-    ext, rec = _extractor(bundle, CalibrationOptions(seed=7))
+    runtime = Runtime(bundle, backend="cpu")
     pool = FramePool([frames])
-    got = [x for x, _ in runtime_inputs(ext, rec, (pool.read(i) for i in range(2)))]
+    got = list(calibration_inputs(Features(runtime.manifest, runtime.engines, seed=7), pool.frames(range(2))))
     eps = np.random.default_rng(7).standard_normal((2, 3, 64, 96), dtype=np.float32)
     for i, x_t in enumerate(got):
         x0 = cv2.imread(str(frames / f"{i:05d}.png"))[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 127.5 - 1
@@ -95,7 +132,7 @@ def test_calibrate_toy_bundle(tmp_path):
     assert sess.run(None, {"x_t": np.zeros((2, 3, 64, 96), np.float32)})[0].shape == (1, 16, 8, 12)
     assert report["calibration_frames"] == 6 and report["heldout_frames"] == 3
     assert report["accuracy"]["min_cosine"] > 0.99 and report["passed"]
-    assert m.extra["calibration"]["accuracy"] == report["accuracy"]
+    assert m.calibration.accuracy == report["accuracy"] and m.calibration.source_bundle == str(bundle)
     assert len(report["sensitivity"]) == 1 and report["sensitivity"][0]["op"] == "Conv"
     # legacy TensorRT cache: the Conv's input is the 8x8 average of x_t, where the noise
     # (std sqrt(.1)/8) nearly vanishes: its range is about sqrt(.9)·max|x0| ≈ 0.95
@@ -126,12 +163,12 @@ def test_calibrate_tiny_adm_with_mask_agreement(tiny_adm_bundle, davis_root, tmp
     if "skipped" not in masks:
         assert masks["frames"] == 2 and 0.0 <= masks["mean_iou"] <= 1.0
         assert masks["mean_iou"] >= 0.8
-    assert read_manifest(tmp_path / "int8").extra["calibration"]["passed"] == report["passed"]
+    assert read_manifest(tmp_path / "int8").calibration.passed == report["passed"]
 
 
 def test_calibrate_refuses_non_fp32(tmp_path):
-    from diffvos.runtime.bundle import write_manifest
-    from diffvos.runtime.errors import BundleError
+    from diffvos.bundle import write_manifest
+    from diffvos.errors import BundleError
 
     bundle = make_toy_bundle(tmp_path / "toy")
     m = read_manifest(bundle)
@@ -157,4 +194,4 @@ def test_calibrate_command_line(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "held-out features (2 frames): min cosine" in out and "PASS" in out
-    assert read_manifest(tmp_path / "int8").extra["calibration"]["chosen"]["op_types"] == ["Conv"]
+    assert read_manifest(tmp_path / "int8").calibration.chosen["op_types"] == ["Conv"]

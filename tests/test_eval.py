@@ -13,7 +13,7 @@ from PIL import Image
 
 from diffvos.evaluation import davis as dv
 from diffvos.evaluation.cli import per_sequence_path
-from diffvos.runtime.errors import InputError
+from diffvos.errors import InputError
 
 PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] * 64
 
@@ -301,9 +301,11 @@ def test_read_mask_palette_and_greyscale(tmp_path):
     np.testing.assert_array_equal(dv.read_mask(tmp_path / "l.png"), m)  # 0/255 -> object 1
     np.testing.assert_array_equal(dv.read_mask(tmp_path / "l_idx.png"), idx)
     np.testing.assert_array_equal(dv.read_mask(tmp_path / "l_soft.png"), m)
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(InputError, match="rgb.png"):
-        dv.read_mask(tmp_path / "rgb.png")
+    # one I/O layer: an RGB mask in DAVIS colours reads as its indices, as the tracker reads it
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[1:3, 1:3] = (128, 0, 0)  # DAVIS colour of object 1
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(dv.read_mask(tmp_path / "rgb.png"), (rgb[..., 0] > 0).astype(np.uint8))
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="bad.png"):
         dv.read_mask(tmp_path / "bad.png")

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from diffvos.cli import main  # noqa: E402
-from diffvos.runtime.bundle import read_manifest  # noqa: E402
+from diffvos.bundle import read_manifest  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -53,10 +53,10 @@ def test_manifest_records_what_the_runtime_needs(tiny_bundle, adm_fixture_dir):
     assert m.alpha_bar == pytest.approx(float(golden["alphas_cumprod"][30]), rel=1e-12)
     assert m.graphs["features"].inputs == {"x_t": [2, 3, 64, 96]}
     assert m.graphs["features"].outputs == {"features": [1, 64, 8, 12]}
-    v = m.verification["features"]
-    assert v["cosine"] > 0.9999 and v["max_rel_error"] < 1e-4
-    assert m.checkpoint["sha256"] and m.checkpoint["config"]["num_channels"] == 32
-    assert 0 < m.flops["truncated"] < m.flops["full"]
+    v = m.export.verification["features"]
+    assert v.cosine > 0.9999 and v.max_rel_error < 1e-4
+    assert m.checkpoint.sha256 and m.checkpoint.config["num_channels"] == 32
+    assert 0 < m.flops.truncated < m.flops.full
     assert {"torch", "onnx", "onnxruntime", "diffvos"} <= set(m.versions)
 
 
@@ -149,4 +149,4 @@ def test_dynamic_export_runs_at_another_size(tmp_path, adm_fixture_dir):
     session = ort.InferenceSession(str(out / "features.onnx"), providers=["CPUExecutionProvider"])
     feats = session.run(None, {"x_t": np.zeros((2, 3, 96, 64), np.float32)})[0]
     assert feats.shape == (1, 64, 12, 8)
-    assert json.loads((out / "diffvos.json").read_text())["verification"]["features"] == {"skipped": True}
+    assert json.loads((out / "diffvos.json").read_text())["export"]["verification"] == {}  # --no-verify

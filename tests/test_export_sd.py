@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from diffvos.cli import main  # noqa: E402
-from diffvos.runtime.bundle import read_manifest  # noqa: E402
+from diffvos.bundle import read_manifest  # noqa: E402
 from test_sd import _build  # noqa: E402
 
 
@@ -33,22 +33,24 @@ def test_manifest_of_sd_bundle(sd_bundle):
     assert m.latent is not None and m.latent.scaling_factor == pytest.approx(0.18215) and m.latent.downsample == 4
     assert m.graphs["vae_encoder"].inputs == {"image": [1, 3, 64, 96]}
     assert m.graphs["features"].inputs == {"x_t": [2, 4, 16, 24]}
-    assert m.verification["features"]["cosine"] > 0.9999 and m.verification["vae_encoder"]["cosine"] > 0.9999
+    v = m.export.verification
+    assert v["features"].cosine > 0.9999 and v["vae_encoder"].cosine > 0.9999
     assert m.stride * m.graphs["features"].outputs["features"][2] == 64
 
 
 def test_runtime_pipeline_matches_pytorch(sd_bundle):
     from diffvos.export.sd import TruncatedSDUNet, VAEEncoderGraph, load_sd
-    from diffvos.runtime.features import FeatureExtractor
+    from diffvos.runtime.features import Features
     from diffvos.runtime.noise import NoiseInjector
     from diffvos.runtime.preprocess import to_model_input
+    from diffvos.runtime.session import Runtime
 
     model_dir, out = sd_bundle
     rng = np.random.default_rng(3)
     frame = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
-    fx = FeatureExtractor(out, backend="cpu", seed=5, quiet=True)
-    got = fx(frame)
-    m = fx.manifest
+    runtime = Runtime(out, backend="cpu")
+    got = Features(runtime.manifest, runtime.engines, seed=5)(frame)
+    m = runtime.manifest
     c = load_sd(model_dir)
     x0 = to_model_input(frame, (64, 96), m.preprocess)
     with torch.no_grad():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffvos.export.onnx_export import compare
-from diffvos.runtime.bundle import read_manifest
-from tests.toy_bundle import make_toy_bundle
+from diffvos.bundle.compare import compare
+from diffvos.bundle import read_manifest
+from diffvos.export.toy import make_toy_bundle
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -55,7 +55,7 @@ def test_diffusers_unet_cast_repair(tmp_path):
         expected = Fixed()(x).numpy()
     got = _run(tmp_path / "fp16.onnx", x.numpy())
     assert got.dtype == np.float32  # I/O stays float32
-    assert compare(expected, got)["cosine"] > 0.999
+    assert compare(expected, got).cosine > 0.999
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fixed.graph.initializer)
 
 
@@ -67,7 +67,7 @@ def test_toy_bundle_fp16(tmp_path):
     assert m.precision == "fp16" and read_manifest(tmp_path / "fp16").graphs["features"].precision == "fp16"
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 96)).astype(np.float32)
     res = compare(_run(src / "features.onnx", x), _run(tmp_path / "fp16" / "features.onnx", x))
-    assert res["cosine"] > 0.9999 and res["max_rel_error"] < 5e-3
+    assert res.cosine > 0.9999 and res.max_rel_error < 5e-3
 
 
 def test_tiny_adm_fp16_matches_golden(adm_fixture_dir, tmp_path):
@@ -84,13 +84,13 @@ def test_tiny_adm_fp16_matches_golden(adm_fixture_dir, tmp_path):
     golden = np.load(adm_fixture_dir / "adm_tiny_golden.npz")
     got = _run(tmp_path / "fp16" / "features.onnx", golden["x_t"].astype(np.float32))
     res = compare(golden["output_block_6_ensemble_mean"], got)
-    assert res["cosine"] > 0.999 and res["max_rel_error"] < 2e-2
+    assert res.cosine > 0.999 and res.max_rel_error < 2e-2
 
 
 def test_fp16_refuses_int8(tmp_path):
     from diffvos.export.fp16 import convert_bundle_fp16
-    from diffvos.runtime.bundle import write_manifest
-    from diffvos.runtime.errors import BundleError
+    from diffvos.bundle import write_manifest
+    from diffvos.errors import BundleError
 
     src = make_toy_bundle(tmp_path / "toy")
     m = read_manifest(src)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffvos.export import mobilenet as mb
-from diffvos.runtime.errors import CheckpointError, ExportError
+from diffvos.errors import CheckpointError, ExportError
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffvos.runtime.errors import InputError
+from diffvos.errors import InputError
 from diffvos.runtime.memory import MemoryBank
 from diffvos.runtime.postprocess import (
     labels_to_onehot,
@@ -21,7 +21,8 @@ from diffvos.runtime.postprocess import (
     soft_to_labels,
     upsample_bilinear,
 )
-from diffvos.runtime.propagation import MagFilter, PropagationConfig, Propagator
+from diffvos.config import PropagationConfig
+from diffvos.runtime.propagation import MagFilter, Propagator, parse_mag_filter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ def _fixture_run(data, meta, name, dtype):
     m = meta[name]
     cfg = PropagationConfig(
         temperature=m["temperature"], topk=m["topk"], radius=m["size_mask_neighborhood"],
-        memory=m["n_last_frames"], feature_dtype=dtype,
+        memory=m["n_last_frames"], feature_dtype=dtype, mag_filter="off",  # the published loop has none
     )
     feats = data["features"]
     onehot = labels_to_onehot(data["first_labels"], feats.shape[2:], 3)
@@ -136,7 +137,7 @@ def test_windowed_kernel_matches_dense(radius, topk, tile, n_last):
     rng = np.random.default_rng(radius * 100 + topk)
     frames, onehot = _random_video(rng)
     cfg = PropagationConfig(temperature=0.1, topk=topk, radius=radius, memory=n_last,
-                            feature_dtype="float32", tile=tile)
+                            feature_dtype="float32", tile=tile, mag_filter="off")
     _, got = _run(frames, onehot, cfg)
     want = dense_reference(frames, onehot, 0.1, topk, radius, n_last)
     for g, x in zip(got, want):
@@ -154,7 +155,7 @@ def test_ties_at_kth_value_are_kept():
     labels = rng.integers(0, 3, (h, w))
     onehot = (labels[None] == np.arange(3)[:, None, None]).astype(np.float32)
     for radius in (1, 0):
-        cfg = PropagationConfig(topk=1, radius=radius, memory=2, feature_dtype="float32", tile=2)
+        cfg = PropagationConfig(topk=1, radius=radius, memory=2, feature_dtype="float32", tile=2, mag_filter="off")
         _, got = _run(frames, onehot, cfg)
         want = dense_reference(frames, onehot, 0.2, 1, radius, 2)
         for g, x in zip(got, want):
@@ -192,7 +193,8 @@ def _line_memory(query_vec, topk, mag, t=0.2):
     onehot = (labels[None] == np.arange(3)[:, None, None]).astype(np.float32)
     query = np.repeat(np.asarray(query_vec, np.float32)[:, None, None], w, axis=2)  # same vector everywhere
     p = Propagator(c, 1, w, 3, PropagationConfig(temperature=t, topk=topk, radius=0, memory=0,
-                                                  feature_dtype="float32", mag_filter=mag))
+                                                  feature_dtype="float32", mag_filter="off"))
+    p.mag_filter = mag  # a filter with parameters the config's string form does not name
     p.start(first, onehot)
     return p, p.step(query)
 
@@ -333,3 +335,16 @@ def test_minmax_normalise_rules():
     np.testing.assert_allclose(out[1], 0)  # max 0: left as is
     np.testing.assert_allclose(out[2], [[-2, -1]])  # max < 0: left as is
     np.testing.assert_allclose(out[3], 0)  # constant positive: no information
+
+
+def test_one_propagation_default_reaches_every_path():
+    """Defect: PropagationConfig().mag_filter was None while the CLI and the API used 12 cells."""
+    from diffvos.config import SessionConfig
+
+    assert PropagationConfig().mag_filter == "12"
+    assert SessionConfig().propagation == PropagationConfig()
+    p = Propagator(4, 3, 5, 2)  # no config at all: the users' default, MAG-Filter included
+    assert p.mag_filter == MagFilter(mode="fixed", radius=12.0)
+    assert parse_mag_filter("off") is None and parse_mag_filter("adaptive").mode == "adaptive"
+    with pytest.raises(InputError, match="mag_filter"):
+        PropagationConfig(mag_filter="sideways")

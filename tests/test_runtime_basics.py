@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
-import sys
 import types
 
 import numpy as np
 import pytest
 
-from diffvos.runtime import providers
-from diffvos.runtime.bundle import GraphEntry, Manifest, Preprocess
-from diffvos.runtime.errors import InputError
+from pathlib import Path
+
+from diffvos.bundle import GraphEntry, Manifest, Preprocess
+from diffvos.bundle.sizes import input_size, method_size
+from diffvos.errors import BackendError, InputError
+from diffvos.runtime.engine import Engine
 from diffvos.runtime.noise import NoiseInjector
-from diffvos.runtime.preprocess import input_size, method_size, to_model_input
+from diffvos.runtime.ort_engine import OrtLoader, candidate_chains
+from diffvos.runtime.preprocess import to_model_input
 
 
 def test_method_size_matches_method_md():
@@ -51,6 +54,11 @@ def test_to_model_input_scales_and_swaps_channels():
     np.testing.assert_allclose(x[0], -1.0)
     p = Preprocess(scale=1 / 255, offset=0.0, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     np.testing.assert_allclose(to_model_input(bgr, (2, 2), p)[2], 2.0)
+    # an RGB frame for an RGB graph is not flipped at all; for a BGR graph it is flipped once
+    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+    np.testing.assert_array_equal(to_model_input(rgb, (2, 2), Preprocess(), color="RGB"), x)
+    np.testing.assert_array_equal(to_model_input(rgb, (2, 2), Preprocess(color="BGR"), color="RGB"),
+                                  to_model_input(bgr, (2, 2), Preprocess(color="BGR")))
 
 
 def test_noise_formula_and_fixed_bank():
@@ -68,6 +76,8 @@ def test_noise_formula_and_fixed_bank():
 
 
 class _FakeSession:
+    """Behaves like onnxruntime-gpu's InferenceSession on a machine without a GPU."""
+
     def __init__(self, path, options, providers, provider_options):
         if providers[0] == "TensorrtExecutionProvider":
             raise RuntimeError("Please install TensorRT libraries")
@@ -77,37 +87,36 @@ class _FakeSession:
     def get_providers(self):
         return self._providers
 
+    def get_inputs(self):
+        return [types.SimpleNamespace(name="x", shape=[1, 3], type="tensor(float)")]
+
+    def get_outputs(self):
+        return [types.SimpleNamespace(name="y", shape=[1, 3], type="tensor(float)")]
+
 
 def _fake_ort(available):
-    mod = types.SimpleNamespace(
+    return types.SimpleNamespace(
         get_available_providers=lambda: available,
         set_default_logger_severity=lambda level: None,
         SessionOptions=lambda: types.SimpleNamespace(),
         GraphOptimizationLevel=types.SimpleNamespace(ORT_ENABLE_ALL=99),
         InferenceSession=_FakeSession,
     )
-    return mod
 
 
-def test_gpu_fallback_is_reported_in_one_line(monkeypatch, capsys):
+def test_gpu_fallback_is_reported_in_one_line():
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setitem(sys.modules, "onnxruntime", _fake_ort(gpu))
-    monkeypatch.setattr(providers, "_announced", set())
-    session, choice = providers.create_session("model.onnx", backend="auto")
-    assert choice.active == "CPUExecutionProvider"
-    assert "TensorrtExecutionProvider is not usable" in choice.note
-    providers.announce(choice)
-    providers.announce(choice)
-    assert capsys.readouterr().err.count("not usable") == 1
+    engine = OrtLoader(Path("model.onnx"), backend="auto", ort=_fake_ort(gpu))()
+    assert engine.provider == "CPUExecutionProvider"
+    assert "TensorrtExecutionProvider is not usable" in engine.note and "\n" not in engine.note
 
 
-def test_cpu_only_build_has_nothing_to_report(monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime", _fake_ort(["CPUExecutionProvider"]))
-    _, choice = providers.create_session("model.onnx", backend="auto")
-    assert choice.active == "CPUExecutionProvider" and choice.note is None
-    assert providers.candidate_chains("cuda", ["CPUExecutionProvider"]) == [["CPUExecutionProvider"]]
-    with pytest.raises(ValueError, match="unknown backend"):
-        providers.candidate_chains("metal", [])
+def test_cpu_only_build_has_nothing_to_report():
+    engine = OrtLoader(Path("model.onnx"), backend="auto", ort=_fake_ort(["CPUExecutionProvider"]))()
+    assert engine.provider == "CPUExecutionProvider" and engine.note is None
+    assert candidate_chains("cuda", ["CPUExecutionProvider"]) == [["CPUExecutionProvider"]]
+    with pytest.raises(BackendError, match="metal"):
+        candidate_chains("metal", [])
 
 
 def test_real_onnxruntime_reports_its_provider(tmp_path):
@@ -119,7 +128,12 @@ def test_real_onnxruntime_reports_its_provider(tmp_path):
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     model.ir_version = 9
     onnx.save(model, tmp_path / "relu.onnx")
-    session, choice = providers.create_session(tmp_path / "relu.onnx", backend="auto")
-    assert choice.active == session.get_providers()[0]
-    out = session.run(None, {"x": np.array([[-1.0, 0.0, 2.0]], np.float32)})[0]
+    engine = OrtLoader(tmp_path / "relu.onnx", backend="auto")()
+    assert isinstance(engine, Engine) and engine.provider == engine.providers[0]
+    assert [m.name for m in engine.inputs] == ["x"] and engine.outputs[0].shape == (1, 3)
+    seen = []
+    with engine.observe(lambda feed, out: seen.append((feed["x"].copy(), out["y"].copy()))):
+        out = engine.infer({"x": np.array([[-1.0, 0.0, 2.0]], np.float32)})["y"]
+    engine.infer({"x": np.zeros((1, 3), np.float32)})  # outside the block: not observed
     np.testing.assert_array_equal(out, [[0.0, 0.0, 2.0]])
+    assert len(seen) == 1 and np.array_equal(seen[0][1], out)

@@ -25,7 +25,7 @@ from diffvos.export.sd import (  # noqa: E402
     load_sd,
     sd_layer_table,
 )
-from diffvos.runtime.errors import CheckpointError, ExportError  # noqa: E402
+from diffvos.errors import CheckpointError, ExportError  # noqa: E402
 
 T = 100
 # CLIP-style vocabulary (SD 2.x pads with "!"); "" tokenizes to <start> <end> then padding.

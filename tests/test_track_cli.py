@@ -13,7 +13,7 @@ from PIL import Image
 
 from diffvos.cli import main
 from diffvos.sample_clip import make_clip
-from toy_bundle import make_toy_bundle
+from diffvos.export.toy import make_toy_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,8 @@ def test_track_writes_one_indexed_png_per_frame(bundle, clip, tmp_path, capsys):
 def test_runtime_and_track_stay_torch_free(bundle, clip, tmp_path):
     frames, mask = clip
     code = (
-        "import sys; import diffvos.runtime, diffvos.runtime.api, diffvos.runtime.track_video; "
+        "import sys; import diffvos, diffvos.runtime.session, diffvos.runtime.track_video, diffvos.runtime.capi.status; "
+        "diffvos.Runtime, diffvos.InputError; "
         "from diffvos.cli import main; "
         f"rc = main(['track', '--bundle', {str(bundle)!r}, '--input', {str(frames)!r}, '--mask', {str(mask)!r}, "
         f"'--output', {str(tmp_path / 'o')!r}, '--no-progress']); "

@@ -10,18 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffvos.runtime.errors import InputError, OutputError
-from diffvos.runtime.video_io import (
-    DAVIS_PALETTE,
-    MaskWriter,
-    ObjectMap,
-    OverlayWriter,
-    blend_overlay,
-    check_mask_size,
-    natural_key,
-    open_frames,
-    read_mask,
-)
+from diffvos.errors import InputError, OutputError
+from diffvos.io.frames import natural_key, open_frames
+from diffvos.io.masks import DAVIS_PALETTE, MaskWriter, check_mask_size, read_mask
+from diffvos.io.overlay import OverlayWriter, blend_overlay
 
 
 def _frame(h: int, w: int, value: int) -> np.ndarray:
@@ -194,21 +186,6 @@ def test_palette_mask_void_and_noncontiguous_ids(tmp_path: Path) -> None:
     expected[expected == 255] = 0
     np.testing.assert_array_equal(m.labels, expected)
     np.testing.assert_array_equal(m.palette, DAVIS_PALETTE)
-    om = m.object_map
-    assert om.num_objects == 2
-    ch = om.contiguous(m.labels)
-    assert set(np.unique(ch)) == {0, 1, 2}
-    assert (ch[5:9, 6:10] == 2).all() and (ch[1:4, 1:4] == 1).all()
-    np.testing.assert_array_equal(om.original(ch), m.labels)
-    with pytest.raises(ValueError):
-        om.original(np.array([[3]], np.uint8))
-
-
-def test_object_map_hand_case() -> None:
-    om = ObjectMap([7, 2, 40])
-    assert om.ids == [2, 7, 40]
-    np.testing.assert_array_equal(om.contiguous(np.array([0, 2, 7, 40, 5], np.uint8)), [0, 1, 2, 3, 0])
-    np.testing.assert_array_equal(om.original(np.array([0, 1, 2, 3], np.uint8)), [0, 2, 7, 40])
 
 
 def test_rgb_masks(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ noise is drawn per frame (or taken from a given bank, so that two pipelines can 
 the same draws); propagation builds the dense affinity of every query against every memory
 position of every context frame and applies the dense (2r+1)^2 neighbourhood mask, then top-k
 (ties kept), normalisation and the mask product (the dense reference of
-``bench_propagation.dense_step``, reused here); the memory is a Python list concatenated every
+``propagation.dense_step``, reused here); the memory is a Python list concatenated every
 frame; resizing uses PIL (frames bilinear, masks nearest) and torch's bilinear upsampling.
 
 Never imported by the runtime: ``diffvos.runtime`` must stay torch-free.
@@ -15,10 +15,8 @@ Never imported by the runtime: ``diffvos.runtime`` must stay torch-free.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,7 @@ import numpy as np
 
 
 def dense_reference():
-    """``dense_step`` of benchmarks/bench_propagation.py: METHOD.md section 2 steps 1-6, literally."""
+    """``dense_step`` of diffvos/benchmarks/propagation.py: METHOD.md section 2 steps 1-6, literally."""
     from diffvos.benchmarks.propagation import dense_step
 
     return dense_step

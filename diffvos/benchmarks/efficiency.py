@@ -1,7 +1,7 @@
 """Efficiency against the machine: FLOPs of the feature graph (counted), the FLOP/s ONNX Runtime
 achieves on it, and the same machine's measured peak for a large float32 matrix product.
 
-    python benchmarks/bench_efficiency.py [--configs adm256 tiny] [--runs 3] [--matmul-size 4096]
+    python -m diffvos.benchmarks.efficiency [--configs adm256 tiny] [--runs 3] [--matmul-size 4096]
     diffvos bench efficiency ...          (same options)
 
 FLOPs: torch's FLOP counter (a multiply-add = 2; convolutions and matmuls, not norms or
@@ -9,7 +9,7 @@ activations) on the truncated graph for one noise draw, times E: the manifest's 
 export, or counted here on the meta device when the manifest has none. Achieved = FLOPs / the
 median ``session.run`` time of the feature graph (noise and preprocessing excluded). Peak =
 2n^3 / the best time of an n x n float32 product, in numpy (OpenBLAS) and in torch, the higher
-taken. The bundles are the ones ``bench_pipeline`` makes (same work folder, same seed).
+taken. The bundles are the ones ``pipeline`` makes (same work folder, same seed).
 Figures are printed, never asserted.
 """
 
@@ -63,10 +63,10 @@ def _timed(fn) -> float:
 def graph_flops(bundle: Path, config=None) -> tuple[int, str]:
     """(FLOPs per frame = per draw x E, where the count came from). ``config``: the ADMConfig to
     count with when the manifest has neither a count nor the model's config."""
-    from diffvos.runtime.bundle import read_manifest
+    from diffvos.bundle import read_manifest
 
     m = read_manifest(bundle, verify_files=False)
-    per_draw = (m.flops or {}).get("truncated")
+    per_draw = m.flops.truncated
     source = "manifest (counted at export)"
     if not per_draw:
         import torch
@@ -74,9 +74,9 @@ def graph_flops(bundle: Path, config=None) -> tuple[int, str]:
         from diffvos.export.adm import ADMConfig, ADMUNet, TruncatedADM
         from diffvos.export.flops import count_flops
 
-        if config is None and "config" not in (m.checkpoint or {}):
+        if config is None and not m.checkpoint.config:
             raise SystemExit(f"bench efficiency: {bundle}: the manifest has no FLOP count and no model config")
-        cfg = config or ADMConfig.from_dict(m.checkpoint["config"])
+        cfg = config or ADMConfig.from_dict(m.checkpoint.config)
         with torch.device("meta"):
             per_draw = count_flops(TruncatedADM(ADMUNet(cfg), m.timestep, m.layer), torch.empty(1, 3, m.height, m.width))
         source = "counted now (meta device)"
@@ -85,15 +85,15 @@ def graph_flops(bundle: Path, config=None) -> tuple[int, str]:
 
 def time_graph(bundle: Path, runs: int, threads: int) -> tuple[float, str]:
     """Median seconds of one feature-graph run on a realistic x_t, and the provider."""
-    from diffvos.runtime.features import FeatureExtractor
+    from diffvos.runtime.session import Runtime
 
-    ex = FeatureExtractor(bundle, backend="cpu", threads=threads, quiet=True)
-    m = ex.manifest
+    runtime = Runtime(bundle, backend="cpu", threads=threads)
+    m, engine = runtime.manifest, runtime.engines["features"]
     x = np.random.default_rng(0).standard_normal((m.ensemble, 3, m.height, m.width), dtype=np.float32)
-    feed = {ex.session.get_inputs()[0].name: x}
-    ex.session.run(None, feed)  # warm-up (first run allocates)
-    times = [_timed(lambda: ex.session.run(None, feed)) for _ in range(runs)]
-    return statistics.median(times), ex.provider.active
+    feed = {engine.inputs[0].name: x}
+    engine.infer(feed)  # warm-up (first run allocates)
+    times = [_timed(lambda: engine.infer(feed)) for _ in range(runs)]
+    return statistics.median(times), engine.provider
 
 
 def run(args: argparse.Namespace) -> int:

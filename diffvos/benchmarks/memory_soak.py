@@ -1,6 +1,6 @@
 """Long-run memory check: many propagation steps, resident memory printed as it goes.
 
-    python benchmarks/bench_memory_soak.py [--frames 2000] [--every 200]
+    python -m diffvos.benchmarks.memory_soak [--frames 2000] [--every 200]
 
 Small random features (24x40, C=64, reference settings r=15, k=15, N=28) so it runs in a minute
 or two; the memory bank and scratch are fixed-size, so RSS should stay flat once the FIFO is full.
@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from diffvos.runtime.propagation import PropagationConfig, Propagator
+from diffvos.config import PropagationConfig
+from diffvos.runtime.propagation import Propagator
 
 
 def rss_mib() -> float:

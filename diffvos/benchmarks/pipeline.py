@@ -1,7 +1,7 @@
 """The published pipeline (PyTorch eager, full U-Net + hooks, dense affinity) vs the project's
 (ONNX Runtime on the CPU, the exported bundle, windowed propagation), same frames, same weights.
 
-    python benchmarks/bench_pipeline.py [--configs adm256 tiny] [--frames 4] [--noise shared|fresh]
+    python -m diffvos.benchmarks.pipeline [--configs adm256 tiny] [--frames 4] [--noise shared|fresh]
     diffvos bench pipeline ...           (same options)
 
 Configs: ``adm256`` = the ADM-256 uncond architecture with random weights (seeded; saved to a
@@ -123,7 +123,7 @@ def checkpoint_for(case: Case, workdir: Path, seed: int) -> Path:
 
 def bundle_for(case: Case, checkpoint: Path, workdir: Path) -> Path:
     """Export (once) the case's bundle with ``prepare_adm`` + ``write_bundle``, as `diffvos export adm` does."""
-    from diffvos.runtime.bundle import read_manifest
+    from diffvos.bundle import read_manifest
 
     out = workdir / f"bundle-{checkpoint.stem}-{case.height}x{case.width}-e{case.ensemble}-l{case.layer}-t{case.timestep}"
     if out.is_dir():
@@ -136,10 +136,8 @@ def bundle_for(case: Case, checkpoint: Path, workdir: Path) -> Path:
     from diffvos.export.onnx_export import write_bundle
 
     print(f"  exporting bundle -> {out}", flush=True)
-    ns = argparse.Namespace(model_config=case.config_json, checkpoint=str(checkpoint), height=case.height,
-                            width=case.width, layer=case.layer, timestep=case.timestep, ensemble=case.ensemble,
-                            dynamic=False)
-    prepared = prepare_adm(ns)
+    prepared = prepare_adm(checkpoint, model_config=case.config_json, height=case.height, width=case.width,
+                           layer=case.layer, timestep=case.timestep, ensemble=case.ensemble)
     write_bundle(prepared, out, force=True, log=lambda s: print("   ", s, flush=True))
     del prepared
     gc.collect()
@@ -149,8 +147,8 @@ def bundle_for(case: Case, checkpoint: Path, workdir: Path) -> Path:
 # -- frames --------------------------------------------------------------------------------------
 def load_clip(args: argparse.Namespace, count: int) -> tuple[list[np.ndarray], np.ndarray, str]:
     """``count`` BGR frames and the first frame's label map (ids 0..K), from DAVIS or the synthetic clip."""
-    import cv2
-    from PIL import Image
+    from diffvos.io.frames import open_frames
+    from diffvos.io.masks import read_mask
 
     root = Path(args.davis) / "JPEGImages" / "480p" / args.sequence
     if args.synthetic or not root.is_dir():
@@ -164,24 +162,19 @@ def load_clip(args: argparse.Namespace, count: int) -> tuple[list[np.ndarray], n
         frame_dir = root
         mask_path = Path(args.davis) / "Annotations" / "480p" / args.sequence / "00000.png"
         source = f"DAVIS-2016 {args.sequence} (480x854)"
-    files = sorted(frame_dir.glob("*.jpg"))[:count]
-    if len(files) < count:
-        raise SystemExit(f"bench pipeline: {frame_dir} has {len(files)} frames, {count} needed")
-    frames = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files]
-    mask = np.asarray(Image.open(mask_path))
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    labels = (mask > 0).astype(np.uint8) if set(np.unique(mask)) <= {0, 255} else mask.astype(np.uint8)
-    return frames, labels, source
+    clip = open_frames(frame_dir)
+    if len(clip) < count:
+        raise SystemExit(f"bench pipeline: {frame_dir} has {len(clip)} frames, {count} needed")
+    frames = [f.bgr for f in clip.select(range(count))]
+    return frames, read_mask(mask_path).labels, source
 
 
 def mean_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over object ids present in either map (background excluded); 1 when both are empty."""
+    """Mean IoU over the object ids present in either map (background excluded); 1 when both are empty."""
+    from diffvos.evaluation.davis import mean_object_iou
+
     ids = np.union1d(np.unique(a), np.unique(b))
-    ids = ids[ids > 0]
-    if ids.size == 0:
-        return 1.0
-    return float(np.mean([np.sum((a == k) & (b == k)) / np.sum((a == k) | (b == k)) for k in ids]))
+    return mean_object_iou(a, b, [int(k) for k in ids if k > 0])
 
 
 # -- the two pipelines ----------------------------------------------------------------------------
@@ -199,34 +192,36 @@ class Measured:
 
 
 class ProjectPipeline:
-    """The project's path: FeatureExtractor (ONNX Runtime, CPU) + Tracker (windowed propagation)."""
+    """The project's path: a Runtime (ONNX Runtime, CPU) and one Session (windowed propagation)."""
 
     def __init__(self, bundle: Path, memory: int, threads: int, seed: int, fresh: bool,
                  feature_dtype: str = "float16") -> None:
-        from diffvos.runtime.features import FeatureExtractor
-        from diffvos.runtime.propagation import PropagationConfig
-        from diffvos.runtime.tracker import Tracker
+        from diffvos.config import PropagationConfig, SessionConfig
+        from diffvos.runtime.session import Runtime
 
-        self.extractor = FeatureExtractor(bundle, backend="cpu", threads=threads, seed=seed, fresh_noise=fresh, quiet=True)
-        self.tracker = Tracker(self.extractor, PropagationConfig(memory=memory, feature_dtype=feature_dtype))
+        self.runtime = Runtime(bundle, backend="cpu", threads=threads)
+        self.config = SessionConfig(seed=seed, fresh_noise=fresh,
+                                    propagation=PropagationConfig(memory=memory, feature_dtype=feature_dtype))
+        self.session = None
         self.timings: dict[str, float] = {}
 
     def start(self, bgr: np.ndarray, labels: np.ndarray) -> None:
-        self.tracker.start(bgr, labels)
+        self.session = self.runtime.session(bgr.shape[1], bgr.shape[0], self.config)
+        self.session.step(bgr, mask=labels)
 
     def prefill(self, n: int) -> None:
-        bank = self.tracker.propagator.bank
+        bank = self.session.propagator.bank
         mask = np.ascontiguousarray(np.moveaxis(bank.masks[0], -1, 0))
         for _ in range(n):
             bank.push(bank.features[0].copy(), mask.copy(), normalised_hwc=True)
 
     def step(self, bgr: np.ndarray) -> np.ndarray:
-        result = self.tracker.step(bgr)
-        t = result.timings
+        labels = self.session.step(bgr)
+        t = self.session.timings
         self.timings = {"preprocess_ms": t["preprocess_ms"], "features_ms": t["vae_ms"] + t["features_ms"],
                         "propagate_ms": t["propagate_ms"], "postprocess_ms": t["postprocess_ms"],
                         "total_ms": t["total_ms"]}
-        return result.labels
+        return labels
 
 
 def build_pipelines(case: Case, checkpoint: Path, bundle: Path, *, memory: int, noise: str, seed: int,
@@ -244,7 +239,7 @@ def build_pipelines(case: Case, checkpoint: Path, bundle: Path, *, memory: int, 
                                    memory=memory, noise=shared, dense_chunk=dense_chunk, seed=seed)
     project = ProjectPipeline(bundle, memory, threads, seed, fresh=noise == "fresh", feature_dtype=feature_dtype)
     torch_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    graphs = project.extractor.manifest.graphs.values()
+    graphs = project.runtime.manifest.graphs.values()
     onnx_bytes = sum((bundle / g.file).stat().st_size + ((bundle / g.external_data).stat().st_size
                                                           if g.external_data else 0) for g in graphs)
     return baseline, project, (torch_bytes / 2**20, onnx_bytes / 2**20)

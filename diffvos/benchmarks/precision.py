@@ -5,7 +5,7 @@ E=1, t=30 - the issue's benchmark. The INT8 bundle is made by ``diffvos calibrat
 DAVIS frames (runtime preprocessing and noise), the FP16 bundle by ``diffvos fp16``'s code.
 Figures are printed, never asserted. Heavy: about 10 minutes on a 2-core CPU.
 
-    python benchmarks/bench_precision.py [--work DIR] [--tiny] [--runs 5] [--calib 8]
+    python -m diffvos.benchmarks.precision [--work DIR] [--tiny] [--runs 5] [--calib 8]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def export_adm(out: Path, tiny: bool, layer: int = 6, t: int = 30) -> Path:
 
     from diffvos.export.adm import ADMConfig, ADMUNet, TruncatedADM
     from diffvos.export.onnx_export import GraphSpec, PreparedBackbone, write_bundle
-    from diffvos.runtime.schedule import linear_alphas_cumprod
+    from diffvos.bundle.schedules import linear_alphas_cumprod
 
     torch.manual_seed(0)
     if tiny:
@@ -48,19 +48,15 @@ def export_adm(out: Path, tiny: bool, layer: int = 6, t: int = 30) -> Path:
 
 
 def median_ms(path: Path, x: np.ndarray, runs: int, threads: int) -> tuple[float, np.ndarray]:
-    import onnxruntime as ort
+    from diffvos.runtime.ort_engine import OrtLoader
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: x}
-    out = sess.run(None, feed)[0]
+    engine = OrtLoader(path, backend="cpu", threads=threads)()
+    feed = {engine.inputs[0].name: x}
+    out = next(iter(engine.infer(feed).values()))
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        sess.run(None, feed)
+        engine.infer(feed)
         times.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(times)), out
 
@@ -77,10 +73,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
 
-    from diffvos.calibration.calibrate import CalibrationOptions, _extractor, calibrate_bundle, runtime_inputs
-    from diffvos.calibration.frames import FramePool
+    from diffvos.bundle.compare import compare
+    from diffvos.calibration.calibrate import CalibrationOptions, calibrate_bundle
     from diffvos.export.fp16 import convert_bundle_fp16
-    from diffvos.export.onnx_export import compare
+    from diffvos.io.frames import open_frames
+    from diffvos.runtime.features import Features
+    from diffvos.runtime.session import Runtime
 
     work = Path(args.work) / ("tiny" if args.tiny else "adm256")
     t0 = time.perf_counter()
@@ -101,9 +99,10 @@ def main() -> None:
     print(f"fp16 conversion: {time.perf_counter() - t0:.0f} s")
 
     # a held-out frame (rollerblade is not a calibration video), noised exactly as the runtime does
-    ext, rec = _extractor(fp32, CalibrationOptions())
-    pool = FramePool([DAVIS / "rollerblade"])
-    x, _ = next(runtime_inputs(ext, rec, iter([pool.read(len(pool) // 2)])))
+    runtime = Runtime(fp32, backend="cpu")
+    clip = open_frames(DAVIS / "rollerblade")
+    (frame,) = clip.select([len(clip) // 2])
+    (x,) = Features(runtime.manifest, runtime.engines).prepare(frame.bgr).values()
     rows = {}
     for name in ("fp32", "int8", "fp16"):
         ms, out = median_ms(work / name / "features.onnx", x, args.runs, args.threads)
@@ -114,8 +113,8 @@ def main() -> None:
     print(f"{'precision':<10}{'ms/frame':>12}{'speedup':>10}{'cosine':>12}{'rel.err':>10}")
     for name, (ms, out) in rows.items():
         c = compare(ref, out)
-        print(f"{name:<10}{ms:>12.1f}{base_ms / ms:>9.2f}x{c['cosine']:>12.6f}{c['max_rel_error']:>10.4f}")
-    int8_ok = base_ms / rows["int8"][0] >= 1.3 and compare(ref, rows["int8"][1])["cosine"] >= 0.99
+        print(f"{name:<10}{ms:>12.1f}{base_ms / ms:>9.2f}x{c.cosine:>12.6f}{c.max_rel_error:>10.4f}")
+    int8_ok = base_ms / rows["int8"][0] >= 1.3 and compare(ref, rows["int8"][1]).cosine >= 0.99
     print(f"target INT8 >= 1.3x at cosine >= 0.99: {'met' if int8_ok else 'NOT met'}; "
           f"calibration report {'PASS' if report['passed'] else 'FAIL'} (chosen '{report['chosen']['name']}')")
 

@@ -1,6 +1,6 @@
 """One propagation step at the reference size: windowed kernel vs the dense formula.
 
-    python benchmarks/bench_propagation.py [--runs 3] [--tiles 6,8,12,16] [--no-dense]
+    python -m diffvos.benchmarks.propagation [--runs 3] [--tiles 6,8,12,16] [--no-dense]
 
 Reference size: 60x104 features (480x832 input, stride 8), C=512, 29 context frames
 (first + 28), r=15, k=15, 3 mask channels. The dense reference builds the (N*hw) x hw affinity of
@@ -23,7 +23,8 @@ import tracemalloc
 import numpy as np
 
 from diffvos.runtime.memory import l2_normalise_into
-from diffvos.runtime.propagation import PropagationConfig, Propagator
+from diffvos.config import PropagationConfig
+from diffvos.runtime.propagation import Propagator
 
 
 def rss_mb() -> tuple[float, float]:
@@ -106,7 +107,7 @@ def main() -> None:
     sc, sh, sw = 64, 20, 34
     for dtype in ("float32", "float16"):
         rng = np.random.default_rng(1)
-        p = filled_propagator(rng, sc, sh, sw, n_ctx, PropagationConfig(feature_dtype=dtype))
+        p = filled_propagator(rng, sc, sh, sw, n_ctx, PropagationConfig(feature_dtype=dtype, mag_filter="off"))
         q = rng.standard_normal((sc, sh, sw)).astype(np.float32)
         want = dense_step(p, q)
         got = p.step(q)
@@ -127,7 +128,7 @@ def main() -> None:
         rows.append((f"windowed, memory {dtype}", t, peak, p.bank.nbytes, p.scratch_nbytes))
     if not args.no_dense:
         rng = np.random.default_rng(0)
-        p = filled_propagator(rng, c, h, w, n_ctx, PropagationConfig(feature_dtype="float32"))
+        p = filled_propagator(rng, c, h, w, n_ctx, PropagationConfig(feature_dtype="float32", mag_filter="off"))
         q = rng.standard_normal((c, h, w)).astype(np.float32)
         gc.collect()
         tracemalloc.start()

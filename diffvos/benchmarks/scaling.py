@@ -1,11 +1,11 @@
 """Scaling of one propagation step (the project's windowed kernel): time and peak memory as the
 feature grid h*w grows and as the memory N grows. Writes a CSV and, with matplotlib, a PNG beside it.
 
-    python benchmarks/bench_scaling.py [--sizes 30x52 60x104 120x208] [--memories 1 2 4 8 16 28]
+    python -m diffvos.benchmarks.scaling [--sizes 30x52 60x104 120x208] [--memories 1 2 4 8 16 28]
     diffvos bench scaling ...            (same options)
 
 Memory is filled directly with random unit features and soft masks (3 channels), as in
-benchmarks/bench_propagation.py, whose helpers are reused. Per point: median step time over
+diffvos/benchmarks/propagation.py, whose helpers are reused. Per point: median step time over
 ``--runs`` steps; the peak of numpy allocations during a step (tracemalloc: numpy reports its
 buffers to it), and the preallocated memory bank and scratch. Figures are printed, never asserted.
 """
@@ -39,7 +39,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def measure(h: int, w: int, memory: int, channels: int, runs: int, feature_dtype: str = "float16") -> dict:
     """One point: a propagator with N+1 context frames, ``runs`` timed steps."""
-    from diffvos.runtime.propagation import PropagationConfig
+    from diffvos.config import PropagationConfig
 
     bp = _propagation_helpers()
     cfg = PropagationConfig(memory=memory, feature_dtype=feature_dtype)
@@ -83,7 +83,7 @@ def plot(rows: list[dict], path: Path) -> bool:
         ax2.set_ylabel("bank + scratch + step peak, MiB", color="tab:red")
         ax.set_title(f"{sweep} sweep")
     fig.tight_layout()
-    from diffvos.runtime.atomic import write_bytes_atomic
+    from diffvos.io.atomic import write_bytes_atomic
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -102,7 +102,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffvos.runtime.atomic import write_text_atomic
+    from diffvos.io.atomic import write_text_atomic
 
     sizes = [parse_size(s) for s in args.sizes]
     mh, mw = parse_size(args.memory_size)

@@ -91,8 +91,8 @@ def run_fp16(args: argparse.Namespace) -> int:
 
 
 def run_build_engine(args: argparse.Namespace) -> int:
-    from diffvos.runtime.engine_build import build_bundle_engine
-    from diffvos.runtime.errors import InputError
+    from diffvos.calibration.engine_build import build_bundle_engine
+    from diffvos.errors import InputError
 
     opt_hw = None
     if args.opt_size:

@@ -1,66 +1,21 @@
 """Frame sampling for calibration: evenly across videos and frame folders, with held-out frames.
 
-Calibration frames are spread evenly over the concatenation of all sources; the held-out
-frames used for the accuracy report sit half-way between them, so they are never calibration
-frames.
+Sources are opened with the runtime's I/O layer (:func:`diffvos.io.frames.open_frames`), so
+calibration sees the frames in the order tracking does (natural order, EXIF orientation ignored,
+the same suffixes). Calibration frames are spread evenly over the concatenation of all sources;
+the held-out frames used for the accuracy report sit half-way between them, so they are never
+calibration frames.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from diffvos.runtime.errors import InputError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-@dataclass
-class Source:
-    path: Path
-    count: int
-    files: list[Path] | None = None  # frame folder; None for a video file
-
-    def read(self, index: int) -> np.ndarray:
-        import cv2
-
-        if self.files is not None:
-            img = cv2.imread(str(self.files[index]), cv2.IMREAD_COLOR)
-            if img is None:
-                raise InputError("unreadable image", self.files[index])
-            return img
-        cap = cv2.VideoCapture(str(self.path))
-        try:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-            ok, img = cap.read()
-        finally:
-            cap.release()
-        if not ok:
-            raise InputError(f"cannot decode frame {index}", self.path)
-        return img
-
-
-def open_source(path: str | Path) -> Source:
-    import cv2
-
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise InputError("folder holds no image frames", path)
-        return Source(path, len(files), files)
-    if not path.is_file():
-        raise InputError("no such video or frame folder", path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return Source(path.parent, 1, [path])
-    cap = cv2.VideoCapture(str(path))
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-    cap.release()
-    if count <= 0:
-        raise InputError("not a readable video (no frames)", path)
-    return Source(path, count)
+from diffvos.errors import InputError
+from diffvos.io.frames import FrameSource, open_frames
 
 
 def split_indices(total: int, num: int, heldout: int) -> tuple[list[int], list[int]]:
@@ -86,12 +41,22 @@ class FramePool:
     def __init__(self, paths: list[str | Path]) -> None:
         if not paths:
             raise InputError("no --frames given")
-        self.sources = [open_source(p) for p in paths]
-        self.offsets = np.cumsum([0] + [s.count for s in self.sources])
+        self.sources: list[FrameSource] = [open_frames(p) for p in paths]
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def read(self, index: int) -> np.ndarray:
-        k = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return self.sources[k].read(index - int(self.offsets[k]))
+    def frames(self, indices: Iterable[int]) -> Iterator[np.ndarray]:
+        """BGR frames at the global ``indices``, in increasing order, each source read once."""
+        wanted = sorted(set(int(i) for i in indices))
+        for k, source in enumerate(self.sources):
+            lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+            local = [i - lo for i in wanted if lo <= i < hi]
+            found = 0
+            for frame in source.select(local):
+                found += 1
+                yield frame.bgr
+            if found < len(local):
+                raise InputError(f"only {found} of the {len(local)} frames sampled from it decoded "
+                                 f"(the container announced {len(source)} frames)", source.path)

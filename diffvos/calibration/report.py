@@ -6,31 +6,21 @@ from typing import Any
 
 import numpy as np
 
+from diffvos.bundle.compare import compare
+
 
 def feature_agreement(references: list[np.ndarray], candidates: list[np.ndarray]) -> dict[str, float]:
     """Worst and mean cosine, worst relative error (max abs error / max |reference|) over frames."""
-    from diffvos.export.onnx_export import compare  # numpy only at call time; no torch import
-
     rows = [compare(r, c) for r, c in zip(references, candidates)]
     if not rows:
         return {"frames": 0}
     return {
         "frames": len(rows),
-        "min_cosine": min(r["cosine"] for r in rows),
-        "mean_cosine": float(np.mean([r["cosine"] for r in rows])),
-        "max_rel_error": max(r["max_rel_error"] for r in rows),
-        "max_abs_error": max(r["max_abs_error"] for r in rows),
+        "min_cosine": min(r.cosine for r in rows),
+        "mean_cosine": float(np.mean([r.cosine for r in rows])),
+        "max_rel_error": max(r.max_rel_error for r in rows),
+        "max_abs_error": max(r.max_abs_error for r in rows),
     }
-
-
-def mask_iou(reference: np.ndarray, candidate: np.ndarray, num_objects: int) -> float:
-    """Mean IoU over objects 1..K of two label maps; an object absent from both counts as 1."""
-    ious = []
-    for k in range(1, num_objects + 1):
-        a, b = reference == k, candidate == k
-        union = np.logical_or(a, b).sum()
-        ious.append(1.0 if union == 0 else float(np.logical_and(a, b).sum() / union))
-    return float(np.mean(ious)) if ious else 1.0
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from diffvos.runtime.atomic import write_text_atomic
+from diffvos.io.atomic import write_text_atomic
 
 DEFAULT_TRT_VERSION = "10.3.0"  # JetPack 6.x
 

@@ -1,8 +1,8 @@
-"""`diffvos bench pipeline|scaling|efficiency`: options here, the work in benchmarks/*.py.
+"""`diffvos bench pipeline|scaling|efficiency`: options here, the work in ``diffvos.benchmarks``.
 
-The benchmark scripts live in the repository's ``benchmarks/`` folder (not a package, not part of
-an installed wheel); this module defines their command-line options (no heavy imports) and loads
-a script from the repository path only when its subcommand runs.
+This module defines the benchmarks' command-line options with no heavy imports; the benchmark
+module (some need torch) is imported only when its subcommand runs. The other benchmarks run as
+``python -m diffvos.benchmarks.<name>``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from diffvos.runtime.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DAVIS = REPO.parent / "shared" / "data" / "davis2016"

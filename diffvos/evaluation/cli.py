@@ -42,10 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--sequences", nargs="+", metavar="SEQ", help="default: every sequence")
     q.add_argument("--output", default="diffvos-quality", help="where the predicted masks go")
     q.add_argument("--no-progress", action="store_true")
-    from diffvos.runtime.cli import add_propagation_options, add_runtime_options
+    from diffvos.config import add_session_options
 
-    add_propagation_options(q)
-    add_runtime_options(q)
+    add_session_options(q)
     q.set_defaults(func=run_quality)
     from diffvos.evaluation.benchmarks import register as register_benchmarks
 
@@ -54,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diffvos.evaluation.davis import evaluate_davis, format_report, global_csv, per_sequence_csv
-    from diffvos.runtime.atomic import check_writable_dir, write_text_atomic
+    from diffvos.io.atomic import check_writable_dir, write_text_atomic
 
     if args.csv:  # fail before a long evaluation, not after it
         check_writable_dir(Path(args.csv).absolute().parent)
@@ -71,12 +70,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_quality(args: argparse.Namespace) -> int:
+    from diffvos.config import session_config_from_args
     from diffvos.evaluation.quality import format_quality, track_davis
-    from diffvos.runtime.cli import propagation_config
+    from diffvos.runtime.cli import open_runtime
 
-    report, runs = track_davis(
-        args.bundle, args.davis, args.output, args.sequences, config=propagation_config(args),
-        progress=not args.no_progress, backend=args.backend, seed=args.seed,
-    )
+    config = session_config_from_args(args)
+    report, runs = track_davis(open_runtime(args.bundle, args), args.davis, args.output, args.sequences, config=config,
+                               progress=not args.no_progress)
     print(format_quality(report, runs, f"bundle {args.bundle}, mag-filter {args.mag_filter}"))
     return 0

@@ -27,9 +27,10 @@ from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from diffvos.runtime.errors import InputError
+from diffvos.errors import InputError
+from diffvos.io.frames import natural_key
+from diffvos.io.masks import read_label_map
 
 VOID_LABEL = 255
 BOUND_TH = 0.008  # boundary tolerance as a fraction of the image diagonal
@@ -152,34 +153,16 @@ def statistics(values: Sequence[float]) -> Stats:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """A mask PNG as a uint8 label map (0 background, k object k, 255 void).
+    """A mask PNG as a uint8 label map (0 background, k object k, 255 void), decoded by the I/O
+    layer's rules (:func:`diffvos.io.masks.read_label_map`)."""
+    return read_label_map(path)[0]
 
-    Palette ('P') images give their indices. Greyscale ('L') images holding only 0 and 255 are
-    DAVIS-2016 binary masks (255 = object 1); other greyscale images whose values are all <= 127
-    or 255 are index maps saved without a palette; anything else greyscale is thresholded at 127.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("mask file not found", path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"cannot read the mask image ({exc})", path) from exc
-    if mode == "P":
-        return arr.astype(np.uint8)
-    if mode == "1":
-        return arr.astype(np.uint8)
-    if mode == "L":
-        values = np.unique(arr)
-        if set(values.tolist()) <= {0, 255}:
-            return (arr == 255).astype(np.uint8)
-        if np.all((values <= 127) | (values == 255)):
-            return arr.astype(np.uint8)
-        return (arr > 127).astype(np.uint8)
-    raise InputError(f"mask must be an indexed (palette) or greyscale PNG, not mode {mode!r}", path)
+
+def mean_object_iou(reference: np.ndarray, candidate: np.ndarray, object_ids: Sequence[int]) -> float:
+    """Mean J (IoU) over ``object_ids`` of two label maps; an object absent from both counts as 1."""
+    if not len(object_ids):
+        return 1.0
+    return float(np.mean([jaccard(reference == k, candidate == k) for k in object_ids]))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -244,7 +227,7 @@ class Report:
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.png") if p.is_file())
+    return sorted((p for p in folder.glob("*.png") if p.is_file()), key=lambda p: natural_key(p.name))
 
 
 def evaluate_masks(

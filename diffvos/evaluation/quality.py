@@ -7,8 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffvos.config import SessionConfig
+from diffvos.errors import InputError
 from diffvos.evaluation.davis import Report, annotations_dir, evaluate_davis
-from diffvos.runtime.errors import InputError
+from diffvos.runtime.session import Runtime
 
 
 @dataclass
@@ -26,31 +28,26 @@ def davis_sequences(root: str | Path, resolution: str = "480p") -> list[str]:
 
 
 def track_davis(
-    bundle: str | Path,
+    runtime: Runtime,
     root: str | Path,
     out_dir: str | Path,
     sequences: list[str] | None = None,
-    config=None,
+    config: SessionConfig | None = None,
     resolution: str = "480p",
     progress: bool = True,
-    backend: str = "auto",
-    seed: int = 0,
 ) -> tuple[Report, list[SequenceRun]]:
-    """Track each sequence from its first ground-truth mask; return the DAVIS report and timings."""
-    from diffvos.runtime.features import FeatureExtractor
+    """Track each sequence from its first ground-truth mask with one session of ``runtime`` per
+    sequence (``config`` for all of them); return the DAVIS report and timings."""
     from diffvos.runtime.track_video import track_video
 
     root, out_dir = Path(root), Path(out_dir)
     sequences = sequences or davis_sequences(root, resolution)
     gt = annotations_dir(root, resolution)
-    extractor = FeatureExtractor(bundle, backend=backend, seed=seed)
     runs = []
     for seq in sequences:
         t0 = time.perf_counter()
-        summary = track_video(
-            bundle, root / "JPEGImages" / resolution / seq, gt / seq / "00000.png", out_dir / seq,
-            config=config, progress=progress, extractor=extractor,
-        )
+        summary = track_video(runtime, root / "JPEGImages" / resolution / seq, gt / seq / "00000.png", out_dir / seq,
+                              config=config, progress=progress)
         runs.append(SequenceRun(seq, summary.frames, time.perf_counter() - t0))
     return evaluate_davis(out_dir, root, sequences, resolution=resolution), runs
 

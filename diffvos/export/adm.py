@@ -23,8 +23,8 @@ from diffvos.export.adm_unet import (
     resblock_body,
     timestep_embedding,
 )
-from diffvos.export.onnx_export import check_size
-from diffvos.runtime.errors import CheckpointError, ExportError
+from diffvos.bundle.sizes import check_size
+from diffvos.errors import CheckpointError, ExportError
 
 __all__ = ["ADMConfig", "ADMUNet", "TruncatedADM", "load_adm", "timestep_embedding"]
 

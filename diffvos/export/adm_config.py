@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffvos.runtime.errors import InputError
+from diffvos.errors import InputError
 
 # Keys that describe the diffusion process or the run rather than the network: accepted, kept in
 # ``extras``, never used to build the model.

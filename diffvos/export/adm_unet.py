@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffvos.export.adm_config import ADMConfig
-from diffvos.export.onnx_export import check_size
-from diffvos.runtime.errors import ExportError
+from diffvos.bundle.sizes import check_size
+from diffvos.errors import ExportError
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

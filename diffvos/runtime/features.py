@@ -1,72 +1,38 @@
-"""Frame -> feature map: preprocessing, noise injection and the bundle's graph(s) on ONNX Runtime.
+"""Frame -> feature map for one stream (METHOD.md section 1).
 
-A Stable Diffusion bundle runs VAE encoder -> noise (in latent space) -> U-Net; the pixel-space
-backbones run noise -> feature graph.
+A pixel-space bundle runs preprocess -> noise -> feature graph; a Stable Diffusion bundle runs
+preprocess -> VAE encoder -> noise (in latent space) -> U-Net. The engines belong to the runtime
+and are shared by every stream; the noise bank and the buffers belong to the stream.
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from diffvos.runtime.bundle import FEATURES_GRAPH, VAE_GRAPH, Manifest, read_manifest
+from diffvos.bundle import FEATURES_GRAPH, VAE_GRAPH, Manifest
+from diffvos.bundle.sizes import input_size
+from diffvos.runtime.engine import Engine, single_input
 from diffvos.runtime.noise import NoiseInjector
-from diffvos.runtime.preprocess import input_size, to_model_input
-from diffvos.runtime.providers import ProviderChoice, announce, create_session
+from diffvos.runtime.preprocess import to_model_input
 
 
-class FeatureExtractor:
-    """Owns the ONNX Runtime sessions of one bundle. Sessions are thread-safe for ``run``;
-    the per-call buffers are not, so use one extractor per thread (or lock)."""
+class Features:
+    """One stream's feature extraction over shared engines (not thread-safe: one per stream)."""
 
-    def __init__(
-        self,
-        bundle: str | Path,
-        backend: str = "auto",
-        threads: int = 0,
-        seed: int = 0,
-        fresh_noise: bool = False,
-        verify_files: bool = True,
-        quiet: bool = False,
-    ) -> None:
-        self.bundle = Path(bundle)
-        self.manifest: Manifest = read_manifest(self.bundle, verify_files=verify_files)
-        m = self.manifest
-        cache = self.bundle / "trt_cache"
-        fp16 = m.precision == "fp16"
-        self.session, self.provider = self._open(FEATURES_GRAPH, backend, threads, cache, fp16)
-        self.vae = None
-        if m.latent is not None:
-            self.vae, _ = self._open(VAE_GRAPH, backend, threads, cache, fp16)
-        if not quiet:
-            announce(self.provider)
-        self.seed = seed
-        self.fresh_noise = fresh_noise
-        self._noise: dict[tuple[int, int], NoiseInjector] = {}
+    def __init__(self, manifest: Manifest, engines: Mapping[str, Engine], seed: int = 0,
+                 fresh_noise: bool = False) -> None:
+        self.manifest = manifest
+        self.engine = engines[FEATURES_GRAPH]
+        self.vae = engines.get(VAE_GRAPH)
+        self.seed, self.fresh_noise = seed, fresh_noise
+        self._input = single_input(self.engine).name
+        self._output = self.engine.outputs[0].name
+        self._noise: dict[tuple[int, ...], NoiseInjector] = {}
         self._x0: dict[tuple[int, int], np.ndarray] = {}
-        self._in_name = self.session.get_inputs()[0].name
-        self._out_name = self.session.get_outputs()[0].name
         self.timings: dict[str, float] = {}
-
-    def fork(self, seed: int | None = None, fresh_noise: bool | None = None) -> "FeatureExtractor":
-        """A copy sharing the loaded sessions (one engine, many streams) with its own buffers."""
-        twin = copy.copy(self)
-        twin.seed = self.seed if seed is None else seed
-        twin.fresh_noise = self.fresh_noise if fresh_noise is None else fresh_noise
-        twin._noise, twin._x0, twin.timings = {}, {}, {}
-        return twin
-
-    def _open(self, graph: str, backend: str, threads: int, cache: Path, fp16: bool):
-        if backend == "trt":  # native TensorRT: the plan built by `diffvos build-engine`
-            from diffvos.runtime.trt_backend import open_trt_session
-
-            session = open_trt_session(self.bundle, graph, self.manifest)
-            return session, ProviderChoice("trt", session.get_providers()[0], session.get_providers())
-        entry = self.manifest.graphs[graph]
-        return create_session(self.bundle / entry.file, backend=backend, threads=threads, cache_dir=cache, fp16=fp16)
 
     @property
     def stride(self) -> int:
@@ -79,31 +45,35 @@ class FeatureExtractor:
         h, w = self.input_size(frame_hw)
         return h // self.stride, w // self.stride
 
-    def _injector(self, shape: tuple[int, ...]) -> NoiseInjector:
-        key = shape[-2:]
-        if key not in self._noise:
-            m = self.manifest
-            self._noise[key] = NoiseInjector(m.alpha_bar, m.ensemble, shape, seed=self.seed, fresh=self.fresh_noise)
-        return self._noise[key]
-
-    def __call__(self, bgr: np.ndarray) -> np.ndarray:
-        """uint8 HxWx3 BGR frame -> float32 features [C, h, w]. Records per-stage timings (ms)."""
+    def prepare(self, frame: np.ndarray, color: str = "BGR") -> dict[str, np.ndarray]:
+        """The feature graph's feed for a uint8 HxWx3 frame: x_t [E, Cin, H, W] (the buffer is
+        reused by the next call). Records the preprocess and VAE times."""
         m = self.manifest
         t0 = time.perf_counter()
-        size = self.input_size(bgr.shape[:2])
+        size = self.input_size(frame.shape[:2])
         if size not in self._x0:
             self._x0[size] = np.empty((3, *size), np.float32)
-        x0 = to_model_input(bgr, size, m.preprocess, out=self._x0[size])
+        x0 = to_model_input(frame, size, m.preprocess, color, out=self._x0[size])
         t1 = time.perf_counter()
         if self.vae is not None:
-            x0 = self.vae.run(None, {self.vae.get_inputs()[0].name: x0[None]})[0][0]
+            x0 = next(iter(self.vae.infer({single_input(self.vae).name: x0[None]}).values()))[0]
         t2 = time.perf_counter()
-        x_t = self._injector(x0.shape)(x0)
-        features = self.session.run([self._out_name], {self._in_name: x_t})[0][0]
-        t3 = time.perf_counter()
-        self.timings = {"preprocess_ms": (t1 - t0) * 1e3, "vae_ms": (t2 - t1) * 1e3, "features_ms": (t3 - t2) * 1e3}
+        injector = self._noise.get(x0.shape)
+        if injector is None:
+            injector = self._noise[x0.shape] = NoiseInjector(m.alpha_bar, m.ensemble, x0.shape, seed=self.seed,
+                                                             fresh=self.fresh_noise)
+        self.timings = {"preprocess_ms": (t1 - t0) * 1e3, "vae_ms": (t2 - t1) * 1e3}
+        return {self._input: injector(x0)}
+
+    def __call__(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
+        """uint8 HxWx3 frame -> float32 features [C, h, w]; per-stage timings in ``timings`` (ms)."""
+        feed = self.prepare(frame, color)
+        t0 = time.perf_counter()
+        features = self.engine.infer(feed)[self._output][0]
+        self.timings["features_ms"] = (time.perf_counter() - t0) * 1e3
         return features
 
     @property
-    def provider_choice(self) -> ProviderChoice:
-        return self.provider
+    def nbytes(self) -> int:
+        """Bytes of this stream's buffers (model inputs and noise banks)."""
+        return sum(a.nbytes for a in self._x0.values()) + sum(n.nbytes for n in self._noise.values())

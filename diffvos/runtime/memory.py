@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffvos.runtime.errors import InputError
+from diffvos.errors import InputError
 
 _EPS = 1e-12  # as torch.nn.functional.normalize
 

@@ -27,6 +27,10 @@ class NoiseInjector:
     def _draw(self) -> np.ndarray:
         return self._rng.standard_normal(self.shape, dtype=np.float32)
 
+    @property
+    def nbytes(self) -> int:
+        return self._out.nbytes + (self._bank.nbytes if self._bank is not None else 0)
+
     def __call__(self, x0: np.ndarray) -> np.ndarray:
         """x0 [C,H,W] (or [1,C,H,W]) -> x_t [E,C,H,W]; the returned buffer is reused next call."""
         x0 = x0.reshape(self.shape[1:])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffvos.runtime.errors import InputError
+from diffvos.errors import InputError
 
 
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -92,13 +92,20 @@ def minmax_normalise(maps: np.ndarray) -> np.ndarray:
 
 
 def soft_to_labels(
-    soft: np.ndarray, stride: int, out_hw: tuple[int, int], scaled_hw: tuple[int, int] | None = None
+    soft: np.ndarray,
+    stride: int,
+    out_hw: tuple[int, int],
+    scaled_hw: tuple[int, int] | None = None,
+    lut: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Soft mask (K+1, h, w) -> uint8 label map (H, W) at the original frame size.
 
     Bilinear upsampling to the model input size (``scaled_hw``; default h*stride x w*stride),
     per-channel min-max normalisation, argmax over channels (first channel on exact ties), then
-    a nearest resize to ``out_hw`` (METHOD.md section 2, step 8).
+    a nearest resize to ``out_hw`` (METHOD.md section 2, step 8). ``lut`` (256 uint8) maps
+    channels to the caller's object ids on the small map before the resize; the result is
+    written once, into ``out`` when given.
     """
     if soft.ndim != 3:
         raise InputError(f"soft mask must be (K+1, h, w), got shape {soft.shape}")
@@ -106,4 +113,13 @@ def soft_to_labels(
     up_hw = scaled_hw if scaled_hw is not None else (h * stride, w * stride)
     up = minmax_normalise(upsample_bilinear(soft, up_hw))
     labels = np.argmax(up, axis=0).astype(np.uint8)
-    return resize_nearest(labels, out_hw)
+    if lut is not None:
+        np.take(lut, labels, out=labels, mode="clip")
+    if out is None:
+        out = np.empty(out_hw, np.uint8)
+    if labels.shape == tuple(out_hw):
+        np.copyto(out, labels)
+    else:
+        rows, cols = nearest_indices(labels.shape[0], out_hw[0]), nearest_indices(labels.shape[1], out_hw[1])
+        np.take(labels[rows], cols, axis=1, out=out)
+    return out

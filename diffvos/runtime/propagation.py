@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffvos.runtime.errors import InputError
+from diffvos.config import PropagationConfig
+from diffvos.errors import InputError
 from diffvos.runtime.memory import MemoryBank, l2_normalise_into
 
 _DENSE_SCORE_BUDGET = 32 << 20  # bytes of scores per tile when there is no window
@@ -62,51 +63,13 @@ class MagFilter:
         return max(float(self.floor), self.multiplier * typical)
 
 
-# The CLI's and the embedding API's default: a fixed 12-cell radius. On the six DAVIS-2016
-# sequences with the MobileNetV2 baseline (stride 16) it raised J&F from 0.769 (off) to 0.792;
-# the adaptive rule gave 0.761 (README, "MAG-Filter").
-DEFAULT_MAG_FILTER = "12"
-
-
-def parse_mag_filter(value: str) -> MagFilter | None:
-    """'off' | 'adaptive' | a fixed radius in feature cells -> MagFilter or None."""
-    if value in ("off", "none", "0"):
+def parse_mag_filter(spec: str) -> MagFilter | None:
+    """The MAG-Filter named by ``PropagationConfig.mag_filter``: 'off', 'adaptive' or a fixed radius."""
+    if spec == "off":
         return None
-    if value == "adaptive":
+    if spec == "adaptive":
         return MagFilter(mode="adaptive")
-    try:
-        return MagFilter(mode="fixed", radius=float(value))
-    except ValueError:
-        raise InputError(f"--mag-filter must be 'off', 'adaptive' or a radius in cells, not {value!r}") from None
-
-
-@dataclass
-class PropagationConfig:
-    """Propagation settings; defaults are the published reference (METHOD.md section 2).
-
-    temperature: T in exp(cos/T). topk: correspondences kept per query (ties kept).
-    radius: local window half-size r in feature cells, 0 = no window (every memory cell).
-    memory: N, the number of last predicted frames kept besides the first frame.
-    mag_filter: optional ``MagFilter`` (None = off, the plain method).
-    feature_dtype: memory feature storage, "float16" (half the memory) or "float32" (exact).
-    tile: query tile side in cells for the windowed kernel (None = measured default).
-    """
-
-    temperature: float = 0.2
-    topk: int = 15
-    radius: int = 15
-    memory: int = 28
-    mag_filter: MagFilter | None = None
-    feature_dtype: str = "float16"
-    tile: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0 or self.topk < 1 or self.radius < 0 or self.memory < 0:
-            raise InputError(f"PropagationConfig: bad parameters {self}")
-        if self.feature_dtype not in ("float16", "float32"):
-            raise InputError(f"PropagationConfig.feature_dtype must be float16 or float32, not {self.feature_dtype!r}")
-        if self.tile is not None and self.tile < 1:
-            raise InputError(f"PropagationConfig.tile must be >= 1, not {self.tile}")
+    return MagFilter(mode="fixed", radius=float(spec))
 
 
 DEFAULT_TILE = 12  # measured best (4-16) by benchmarks/bench_propagation.py --tiles, 60x104, C=512, 29 frames
@@ -130,6 +93,7 @@ class Propagator:
     ) -> None:
         self.channels, self.h, self.w, self.num_classes = channels, h, w, num_classes
         self.config = cfg = config or PropagationConfig()
+        self.mag_filter = parse_mag_filter(cfg.mag_filter)
         self.bank = MemoryBank(
             self.h, self.w, self.channels, self.num_classes, cfg.memory, np.dtype(cfg.feature_dtype).type
         )
@@ -194,17 +158,26 @@ class Propagator:
 
     def step(self, features: np.ndarray) -> np.ndarray:
         """Soft mask (K+1, h, w) float32 of a new frame (C, h, w); the frame then enters the FIFO."""
+        soft = self.predict(features)
+        self.remember(soft)
+        return soft
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Soft mask (K+1, h, w) of a new frame (C, h, w) from the memory, without remembering it:
+        :meth:`remember` stores it with the mask the caller settles on (objects added mid-video)."""
         if len(self.bank) == 0:
-            raise InputError("Propagator.step() before start()")
+            raise InputError("Propagator.predict() before start()")
         if features.shape != (self.channels, self.h, self.w):
             raise InputError(f"features are {features.shape}, expected {(self.channels, self.h, self.w)}")
         _check_finite(features, "frame features")
         l2_normalise_into(features, self.query)
-        slots = self.bank.context_slots()
-        qids, vals, cells = self._candidates(slots)
+        qids, vals, cells = self._candidates(self.bank.context_slots())
         soft_hwk = self._aggregate(qids, vals, cells)
-        self.bank.push(self.query, np.moveaxis(soft_hwk.reshape(self.h, self.w, -1), -1, 0), normalised_hwc=True)
         return np.ascontiguousarray(np.moveaxis(soft_hwk, -1, 0)).reshape(-1, self.h, self.w)
+
+    def remember(self, mask: np.ndarray) -> None:
+        """Push the last predicted frame's features into the FIFO with ``mask`` (K+1, h, w)."""
+        self.bank.push(self.query, mask, normalised_hwc=True)
 
     def add_objects(self, n: int = 1) -> None:
         """New object channels (zero in all stored frames, see ``MemoryBank.add_objects``)."""
@@ -282,7 +255,7 @@ class Propagator:
         starts = np.flatnonzero(np.r_[True, qids[1:] != qids[:-1]])
         counts = np.diff(np.r_[starts, qids.size])
         keep = None
-        mag_cfg = self.config.mag_filter
+        mag_cfg = self.mag_filter
         if mag_cfg is not None:
             mem = cells % hw
             mag = np.hypot(self._cell_y[mem] - self._cell_y[qids], self._cell_x[mem] - self._cell_x[qids])

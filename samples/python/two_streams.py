@@ -3,7 +3,7 @@
     python samples/python/two_streams.py BUNDLE [--frames 12]
 
 One runtime (the bundle's graphs, loaded once) and one session per stream. Each thread owns
-its session and its buffers: the frame goes in, the label map is written into a buffer the
+its session and its buffer: the frame goes in, the label map is written into a buffer the
 caller allocated once. Prints each stream's mean IoU against the synthetic truth.
 """
 
@@ -14,37 +14,27 @@ import sys
 import threading
 
 import numpy as np
-from synthetic import clip, iou
 
-from diffvos.runtime import api
+import diffvos
+from diffvos.evaluation.davis import mean_object_iou
+from diffvos.sample_clip import moving_squares
 
 
-def track_stream(runtime: api.Runtime, frames: list, first_labels: np.ndarray, results: list) -> None:
+def track_stream(runtime: diffvos.Runtime, frames: list, first_labels: np.ndarray, results: list) -> None:
     h, w = first_labels.shape
-    status, session = api.session_create(runtime, w, h)
-    if status != api.Status.OK:
-        raise SystemExit(f"session_create: {status.name}: {api.last_error()}")
-    out = np.zeros((h, w), np.uint8)  # allocated once, filled by every call
-    try:
-        if api.session_add_objects(session, frames[0], first_labels, out) != api.Status.OK:
-            raise SystemExit(f"add_objects: {api.session_last_error(session)}")
-        results.append(out.copy())
-        for frame in frames[1:]:
-            if api.session_track(session, frame, out) != api.Status.OK:
-                raise SystemExit(f"track: {api.session_last_error(session)}")
+    out = np.zeros((h, w), np.uint8)  # allocated once, filled by every step
+    with runtime.session(w, h) as session:
+        for i, frame in enumerate(frames):
+            session.step(frame, out, mask=first_labels if i == 0 else None)
             results.append(out.copy())
-    finally:
-        api.session_destroy(session)
 
 
 def run(bundle: str, frames: int = 12) -> dict[str, list[np.ndarray]]:
     """Track two synthetic streams concurrently; returns each stream's label maps."""
-    status, runtime = api.runtime_create(bundle, api.RuntimeOptions(backend="auto"))
-    if status != api.Status.OK:
-        raise SystemExit(f"runtime_create: {status.name}: {api.last_error()}")
-    _, info = api.runtime_info(runtime)
-    print(f"diffvos {info.version} on {info.provider}")
-    streams = {"a": clip(frames), "b": clip(frames, objects=((5, (255, 255, 255), (20, 60), (1, -3), 16, 0),))}
+    runtime = diffvos.Runtime(bundle)
+    print(f"diffvos {runtime.info.version} on {runtime.provider}")
+    streams = {"a": moving_squares(frames),
+               "b": moving_squares(frames, objects=((5, (255, 255, 255), (20, 60), (1, -3), 16, 0),))}
     results: dict[str, list[np.ndarray]] = {name: [] for name in streams}
     threads = [
         threading.Thread(target=track_stream, args=(runtime, f, t[0], results[name]), name=name)
@@ -54,10 +44,10 @@ def run(bundle: str, frames: int = 12) -> dict[str, list[np.ndarray]]:
         t.start()
     for t in threads:
         t.join()
-    api.runtime_destroy(runtime)
+    runtime.close()
     for name, (_, truths) in streams.items():
         ids = [int(i) for i in np.unique(truths[0]) if i]
-        scores = [iou(out == i, truth == i) for out, truth in zip(results[name], truths) for i in ids]
+        scores = [mean_object_iou(truth, out, ids) for out, truth in zip(results[name], truths)]
         print(f"stream {name}: {len(results[name])} frames, objects {ids}, mean IoU {np.mean(scores):.3f}")
     return results
 

@@ -67,7 +67,7 @@ C_ONLY = ("diffvos_api_version", "diffvos_status_string")
 
 
 def _c_only() -> str:
-    from diffvos.runtime.api import STATUS_TEXT
+    from diffvos.runtime.capi.status import STATUS_TEXT
 
     cases = "\n".join(f'    case {int(k)}: return "{v}";' for k, v in STATUS_TEXT.items())
     return (

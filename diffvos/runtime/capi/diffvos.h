@@ -10,7 +10,7 @@
  * and DIFFVOS_PYTHONHOME override what was recorded at build time.
  *
  * OBJECTS AND LIFETIMES
- *   diffvos_runtime  one loaded bundle: its ONNX Runtime sessions (the "engine").
+ *   diffvos_runtime  one loaded bundle: its engines (ONNX Runtime sessions or TensorRT plans).
  *   diffvos_session  one video stream's tracking state. Many sessions share one runtime.
  *   Every create has a matching destroy. Destroying a runtime while sessions of it live is
  *   allowed: the sessions keep the engine alive until they are destroyed. A destroyed handle
@@ -66,7 +66,8 @@ extern "C" {
 
 /* CFFI-BEGIN (the build script reads the declarations between these markers) */
 
-/* Status codes: stable numeric values, shared with the Python API (diffvos.runtime.api.Status). */
+/* Status codes: stable numeric values (diffvos.runtime.capi.status.Status maps the Python API's
+   exceptions to them). */
 typedef enum diffvos_status {
     DIFFVOS_OK = 0,
     DIFFVOS_ERR_NULL_HANDLE = 1,      /* a handle or a required out-pointer is NULL */
@@ -94,21 +95,21 @@ typedef struct diffvos_runtime diffvos_runtime; /* opaque */
 typedef struct diffvos_session diffvos_session; /* opaque */
 
 typedef struct diffvos_runtime_options {
-    const char *backend;  /* "auto" (or NULL), "tensorrt", "cuda", "cpu" */
-    int32_t threads;      /* ONNX Runtime intra-op threads, 0 = its default */
-    int32_t verify_files; /* nonzero: check every graph's sha256 on load */
+    const char *backend;  /* "auto" (or NULL), "tensorrt", "cuda", "cpu", or "trt" (native TensorRT) (default auto) */
+    int32_t threads;      /* ONNX Runtime intra-op threads, 0 = its default (default 0) */
+    int32_t verify_files; /* nonzero: check every graph's sha256 on load (default 1) */
 } diffvos_runtime_options;
 
 typedef struct diffvos_session_options {
-    int32_t color;          /* diffvos_color of the frames passed in */
-    int32_t concurrency;    /* diffvos_concurrency */
-    int32_t memory;         /* past frames kept besides the first */
-    int32_t topk;           /* correspondences kept per position */
-    int32_t radius;         /* local window radius in feature cells, 0 = none */
-    float temperature;      /* affinity temperature */
-    const char *mag_filter; /* "off", "adaptive" or a radius in feature cells; NULL = default */
-    int32_t seed;           /* seed of the fixed noise bank */
-    int32_t fresh_noise;    /* nonzero: new noise every frame */
+    int32_t color;          /* diffvos_color of the frames passed in (default BGR) */
+    int32_t concurrency;    /* diffvos_concurrency (default serialize) */
+    int32_t memory;         /* past frames kept besides the first (default 28) */
+    int32_t topk;           /* correspondences kept per position (default 15) */
+    int32_t radius;         /* local window radius in feature cells, 0 = none (default 15) */
+    float temperature;      /* affinity temperature (default 0.2) */
+    const char *mag_filter; /* "off", "adaptive" or a radius in feature cells; NULL = default (default 12) */
+    int32_t seed;           /* seed of the fixed noise bank (default 0) */
+    int32_t fresh_noise;    /* nonzero: new noise every frame (default 0) */
 } diffvos_session_options;
 
 /* Per-stage times of the last add/track call, in milliseconds. */
@@ -137,7 +138,7 @@ DIFFVOS_API diffvos_status diffvos_session_options_init(diffvos_session_options 
 DIFFVOS_API diffvos_status diffvos_runtime_create(const char *bundle_dir, const diffvos_runtime_options *options,
                                                   diffvos_runtime **out);
 DIFFVOS_API diffvos_status diffvos_runtime_destroy(diffvos_runtime *runtime);
-/* The ONNX Runtime provider that really runs the graphs, e.g. "CPUExecutionProvider". */
+/* The provider that really runs the graphs, e.g. "CPUExecutionProvider" or "TensorRT (native)". */
 DIFFVOS_API diffvos_status diffvos_runtime_provider(diffvos_runtime *runtime, const char **out);
 /* The bundle's manifest (diffvos.json) as a JSON string. */
 DIFFVOS_API diffvos_status diffvos_runtime_metadata_json(diffvos_runtime *runtime, const char **out);

@@ -1,12 +1,14 @@
-"""Label masks in and out: reading the first frame's mask, checking its size, writing indexed PNGs.
+"""Label masks in and out: the one reader of mask images (first masks, annotations and
+predictions alike), the size check, and indexed-PNG writing.
 
-Accepted input masks (``read_mask``):
+Accepted mask images (``read_label_map`` decodes, keeping the DAVIS "void" value 255;
+``read_mask`` reads a first mask: void is background and at least one object is needed):
 
-* palette PNG (mode P, DAVIS-2017 / YouTube-VOS): the pixel index is the object id; index 255
-  (DAVIS "void") is background. The palette is kept for the output masks.
-* greyscale PNG (DAVIS-2016, 0/255): pixels > 127 are object 1. A greyscale image whose values
-  are all <= 127 is taken as an index map instead (a 0/1 or 0/1/2 mask saved as mode L), since
-  thresholding it would find no object.
+* palette PNG (mode P, DAVIS-2017 / YouTube-VOS): the pixel index is the object id. The palette
+  is kept for the output masks.
+* greyscale PNG: only 0 and 255 is a binary mask, 255 = object 1 (DAVIS-2016); values all
+  <= 127 or 255 are an index map saved without a palette (255 = void); anything else is
+  thresholded at 127 (an anti-aliased binary mask).
 * RGB(A) PNG: if every pixel is grey it is read as greyscale. Otherwise each distinct colour is an
   object: black is background; if every colour is in the DAVIS palette the DAVIS index is used
   (an indexed mask saved as RGB reads back with its ids), else colours get ids 1..n in sorted
@@ -20,13 +22,13 @@ therefore comes out as index 1 = DAVIS red, the DAVIS-2017 convention, not as 0/
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from diffvos.runtime.atomic import check_writable_dir, write_bytes_atomic
-from diffvos.runtime.errors import InputError, OutputError
+from diffvos.io.atomic import check_writable_dir, write_bytes_atomic
+from diffvos.errors import InputError, OutputError
 
 VOID = 255  # DAVIS "void" index (object borders / ignored): background for the first mask
 
@@ -50,43 +52,6 @@ DAVIS_PALETTE.setflags(write=False)
 
 
 @dataclass
-class ObjectMap:
-    """Object ids as found in the mask (need not be contiguous: 1, 3) <-> channels 1..K.
-
-    The tracker works on contiguous channels 0..K (0 = background); masks are written with the
-    original ids so they match the annotations.
-    """
-
-    ids: list[int]
-    to_channel: np.ndarray = field(init=False, repr=False)  # (256,) uint8 LUT id -> channel
-    to_id: np.ndarray = field(init=False, repr=False)  # (K+1,) uint8 LUT channel -> id
-
-    def __post_init__(self) -> None:
-        ids = sorted(int(i) for i in self.ids)
-        if any(not 0 < i < 256 for i in ids) or len(set(ids)) != len(ids):
-            raise ValueError(f"object ids must be distinct integers in 1..255, got {ids}")
-        self.ids = ids
-        self.to_channel = np.zeros(256, np.uint8)  # unknown ids fall to background
-        self.to_channel[ids] = np.arange(1, len(ids) + 1)
-        self.to_id = np.zeros(len(ids) + 1, np.uint8)
-        self.to_id[1:] = ids
-
-    @property
-    def num_objects(self) -> int:
-        return len(self.ids)
-
-    def contiguous(self, labels: np.ndarray) -> np.ndarray:
-        """Original ids -> channels 0..K (ids not in the map become 0)."""
-        return self.to_channel[labels]
-
-    def original(self, channels: np.ndarray) -> np.ndarray:
-        """Channels 0..K -> original ids."""
-        if channels.size and int(channels.max()) > self.num_objects:
-            raise ValueError(f"channel {int(channels.max())} out of range for {self.num_objects} objects")
-        return self.to_id[channels]
-
-
-@dataclass
 class MaskInfo:
     labels: np.ndarray  # uint8 (H, W): 0 background, object ids as in the file
     palette: np.ndarray | None  # (256, 3) uint8, None for greyscale input (write with DAVIS_PALETTE)
@@ -98,10 +63,6 @@ class MaskInfo:
     def size(self) -> tuple[int, int]:
         return self.labels.shape[0], self.labels.shape[1]
 
-    @property
-    def object_map(self) -> ObjectMap:
-        return ObjectMap(self.object_ids)
-
 
 def _full_palette(flat: list[int] | None) -> np.ndarray:
     pal = np.zeros((256, 3), np.uint8)
@@ -112,7 +73,15 @@ def _full_palette(flat: list[int] | None) -> np.ndarray:
 
 
 def _grey_labels(grey: np.ndarray) -> tuple[np.ndarray, str]:
-    if grey.size and int(grey.max()) <= 127:
+    """A greyscale mask: 0/255 only is a binary mask (255 = object 1, DAVIS-2016); values all
+    <= 127 or equal to 255 form an index map saved without a palette (255 = void); anything else
+    is thresholded at 127."""
+    if not grey.size:
+        return grey.astype(np.uint8), "grey"
+    present = np.flatnonzero(np.bincount(grey.ravel(), minlength=256))
+    if set(present.tolist()) <= {0, VOID}:
+        return (grey == VOID).astype(np.uint8), "grey"
+    if np.all((present <= 127) | (present == VOID)):
         return grey.astype(np.uint8), "index"
     return (grey > 127).astype(np.uint8), "grey"
 
@@ -129,9 +98,7 @@ def _rgb_labels(rgb: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray | N
     davis_index = {int(c): i for i, c in enumerate(davis_code)}
     if all(int(c) in davis_index for c in colours):
         lut = np.array([davis_index[int(c)] for c in colours], np.uint8)
-        labels = lut[inverse]
-        labels[labels == VOID] = 0
-        return labels, DAVIS_PALETTE.copy(), "rgb"
+        return lut[inverse], DAVIS_PALETTE.copy(), "rgb"
     others = [int(c) for c in colours if c != 0]
     if len(others) > 254:
         raise InputError(
@@ -149,8 +116,12 @@ def _rgb_labels(rgb: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray | N
     return lut[inverse], pal, "rgb"
 
 
-def read_mask(path: str | Path) -> MaskInfo:
-    """Read the first frame's mask (see the module docstring for the accepted kinds)."""
+def read_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Decode a mask image as stored: (uint8 labels with void 255 kept, palette or None, kind).
+
+    Used for annotations and predictions alike (evaluation keeps void); see the module docstring
+    for the accepted kinds.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -162,29 +133,32 @@ def read_mask(path: str | Path) -> MaskInfo:
             mode = im.mode
             if mode in ("P", "PA"):
                 labels = np.asarray(im.getchannel(0) if mode == "PA" else im, dtype=np.uint8).copy()
-                palette, kind = _full_palette(im.getpalette()), "palette"
-                labels[labels == VOID] = 0
-            elif mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-                rgb = np.asarray(im.convert("RGB"))
-                labels, palette, kind = _rgb_labels(rgb, path)
-            else:  # L, LA, 1, I, I;16, F ...
-                grey = np.asarray(im.getchannel(0) if mode in ("LA", "La") else im)
-                if mode == "1":
-                    grey = grey.astype(np.uint8) * 255
-                if grey.dtype.kind == "f":
-                    grey = np.rint(grey)
-                if grey.size and int(grey.max()) > 255 and int(grey.max()) > 65535 // 2:
-                    grey = (grey > 65535 // 2).astype(np.uint8) * 255  # 16-bit 0/65535 mask
-                if grey.size and int(grey.max()) > 255:
-                    raise InputError(f"mask values go up to {int(grey.max())}; expected 8-bit labels", path)
-                labels, kind = _grey_labels(grey.astype(np.uint8))
-                palette = None
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+                return labels, _full_palette(im.getpalette()), "palette"
+            if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
+                return _rgb_labels(np.asarray(im.convert("RGB")), path)
+            grey = np.asarray(im.getchannel(0) if mode in ("LA", "La") else im)  # L, LA, 1, I, I;16, F ...
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise InputError(f"cannot read this mask image ({exc})", path) from exc
-    ids = [int(i) for i in np.unique(labels) if i != 0]
+    if mode == "1":
+        grey = grey.astype(np.uint8) * VOID
+    if grey.dtype.kind == "f":
+        grey = np.rint(grey)
+    if grey.size and int(grey.max()) > 255 and int(grey.max()) > 65535 // 2:
+        grey = (grey > 65535 // 2).astype(np.uint8) * VOID  # 16-bit 0/65535 mask
+    if grey.size and int(grey.max()) > 255:
+        raise InputError(f"mask values go up to {int(grey.max())}; expected 8-bit labels", path)
+    labels, kind = _grey_labels(grey.astype(np.uint8))
+    return labels, None, kind
+
+
+def read_mask(path: str | Path) -> MaskInfo:
+    """Read the first frame's mask: void (255) is background, and at least one object is needed."""
+    labels, palette, kind = read_label_map(path)
+    labels[labels == VOID] = 0
+    ids = [int(i) for i in np.flatnonzero(np.bincount(labels.ravel(), minlength=256)) if i != 0]
     if not ids:
         raise InputError("mask has no object (every pixel is background)", path)
-    return MaskInfo(labels=labels, palette=palette, object_ids=ids, path=path, kind=kind)
+    return MaskInfo(labels=labels, palette=palette, object_ids=ids, path=Path(path), kind=kind)
 
 
 def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

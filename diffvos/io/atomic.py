@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from diffvos.runtime.errors import OutputError
+from diffvos.errors import OutputError
 
 
 def _umask() -> int:

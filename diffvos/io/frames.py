@@ -17,11 +17,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from diffvos.runtime.errors import InputError
+from diffvos.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_FOLDER_FPS = 24.0
@@ -61,6 +61,19 @@ class FrameSource:
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def select(self, indices: Iterable[int]) -> Iterator[Frame]:
+        """The frames at ``indices``, in increasing order, each decoded once (a video is read
+        sequentially up to the last index wanted)."""
+        wanted = sorted(set(int(i) for i in indices))
+        if not wanted:
+            return
+        for frame in self:
+            if frame.index == wanted[0]:
+                yield frame
+                wanted.pop(0)
+                if not wanted:
+                    return
 
     def __repr__(self) -> str:
         h, w = self.size
@@ -121,16 +134,22 @@ class FolderFrames(FrameSource):
         return len(self.files)
 
     def __iter__(self) -> Iterator[Frame]:
+        return (self._read(i) for i in range(len(self.files)))
+
+    def select(self, indices: Iterable[int]) -> Iterator[Frame]:
+        return (self._read(i) for i in sorted(set(int(i) for i in indices)))
+
+    def _read(self, i: int) -> Frame:
         import cv2
 
-        for i, p in enumerate(self.files):
-            bgr = cv2.imread(str(p), _imread_flags())
-            if bgr is None:
-                raise InputError("cannot decode this image", p)
-            if bgr.shape[:2] != self.size:
-                h, w = bgr.shape[:2]
-                raise InputError(f"decoded as {w}x{h}, expected {self.size[1]}x{self.size[0]}", p)
-            yield Frame(i, p.stem, bgr)
+        p = self.files[i]
+        bgr = cv2.imread(str(p), _imread_flags())
+        if bgr is None:
+            raise InputError("cannot decode this image", p)
+        if bgr.shape[:2] != self.size:
+            h, w = bgr.shape[:2]
+            raise InputError(f"decoded as {w}x{h}, expected {self.size[1]}x{self.size[0]}", p)
+        return Frame(i, p.stem, bgr)
 
 
 class VideoFrames(FrameSource):

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from diffvos.runtime.atomic import write_bytes_atomic
-from diffvos.runtime.bundle import FEATURES_GRAPH, GraphEntry, Manifest, read_manifest, sha256_file, write_manifest
-from diffvos.runtime.errors import BundleError, ExportError, InputError
-from diffvos.runtime.preprocess import method_size
-from diffvos.runtime.trt_backend import TRT_KEY, gpu_facts, import_cuda, import_trt
+from diffvos.bundle import FEATURES_GRAPH, GraphEntry, Manifest, TensorRTPlan, read_manifest, sha256_file, write_manifest
+from diffvos.bundle.sizes import method_size
+from diffvos.errors import BundleError, ExportError, InputError
+from diffvos.io.atomic import write_bytes_atomic
+from diffvos.runtime.trt_engine import gpu_facts, import_cuda, import_trt
 
 Shape = tuple[int, ...]
 
@@ -86,7 +86,7 @@ def build_plan(onnx_path: str | Path, input_name: str, shapes: tuple[Shape, Shap
 def build_bundle_engine(bundle: str | Path, *, workspace_gb: float = 4.0, timing_cache: str | Path | None = None,
                         opt_level: int = 3, opt_hw: tuple[int, int] | None = None, graph: str = FEATURES_GRAPH,
                         trt: Any = None, cuda: Any = None, device: int = 0,
-                        log: Callable[[str], None] = print) -> dict[str, Any]:
+                        log: Callable[[str], None] = print) -> TensorRTPlan:
     """Build the plan of one bundle graph into the bundle; return the facts recorded in the manifest."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -96,26 +96,20 @@ def build_bundle_engine(bundle: str | Path, *, workspace_gb: float = 4.0, timing
     if graph not in manifest.graphs:
         raise BundleError(f"bundle has no graph '{graph}'", bundle)
     entry = manifest.graphs[graph]
-    input_name = next(iter(entry.inputs))
+    input_name = entry.input_name
     shapes = profile_shapes(manifest, entry, opt_hw)
     t0 = time.perf_counter()
     plan = build_plan(bundle / entry.file, input_name, shapes, workspace_gb=workspace_gb,
                       timing_cache=timing_cache, opt_level=opt_level, trt=trt, log=log)
     plan_file = f"{graph}.plan"
     write_bytes_atomic(bundle / plan_file, plan)
-    facts = {
-        "plan": plan_file,
-        "sha256": sha256_file(bundle / plan_file),
-        "trt_version": trt.__version__,
-        **gpu,
-        "precision": entry.precision,
-        "strongly_typed": True,
-        "profile": {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])},
-        "opt_level": opt_level,
-        "workspace_gb": workspace_gb,
-        "build_seconds": round(time.perf_counter() - t0, 1),
-    }
-    manifest.extra.setdefault(TRT_KEY, {})[graph] = facts
+    facts = TensorRTPlan(
+        plan=plan_file, sha256=sha256_file(bundle / plan_file), trt_version=trt.__version__, gpu=gpu["gpu"],
+        compute_capability=gpu["compute_capability"], precision=entry.precision, strongly_typed=True,
+        profile={"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])}, opt_level=opt_level,
+        workspace_gb=workspace_gb, build_seconds=round(time.perf_counter() - t0, 1),
+    )
+    manifest.tensorrt[graph] = facts
     write_manifest(bundle, manifest)
     log(f"engine written to {bundle / plan_file} ({len(plan) / 1e6:.1f} MB) for {gpu['gpu']} "
         f"(compute capability {gpu['compute_capability']})")

@@ -1,47 +1,39 @@
-"""Native TensorRT backend (``--backend trt``): a bundle's serialized plan run with pycuda.
+"""Native TensorRT engines (``--backend trt``): a bundle's serialized plan, run with pycuda.
 
 Written against the TensorRT 10/11 Python API (named I/O tensors, ``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``). Device and pinned host buffers are allocated
 once, at the optimisation profile's maximum shape, and reused for every frame. An engine built
 by another TensorRT version or for another GPU is refused with the command that rebuilds it.
-
-``tensorrt`` and ``pycuda`` are imported only when a session is opened; tests pass fakes.
-:class:`TrtSession` mimics the part of ``onnxruntime.InferenceSession`` the runtime uses
-(``run``, ``get_inputs``, ``get_outputs``, ``get_providers``).
+:class:`TrtEngine` implements the runtime's :class:`~diffvos.runtime.engine.Engine` interface;
+``tensorrt`` and ``pycuda`` are imported only when :class:`TrtPlanLoader` is called (tests
+inject their own modules).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Mapping
 
 import numpy as np
 
-from diffvos.runtime.bundle import FEATURES_GRAPH, Manifest, read_manifest, sha256_file
-from diffvos.runtime.errors import BundleError, InputError
+from diffvos.bundle import FEATURES_GRAPH, Manifest, TensorRTPlan, sha256_file
+from diffvos.errors import BackendError, BundleError, InputError
+from diffvos.runtime.engine import EngineBase, TensorMeta
 
-TRT_KEY = "tensorrt"  # Manifest.extra[TRT_KEY][graph] = plan facts, see engine_build.plan_facts
+PROVIDER = "TensorRT (native)"
 
 
 def rebuild_hint(bundle: str | Path) -> str:
     return f"rebuild it on this machine with: diffvos build-engine --bundle {bundle}"
 
 
-@dataclass
-class IOName:
-    """What ``session.get_inputs()[i]`` returns in ONNX Runtime: ``.name`` (and shape, type)."""
-
-    name: str
-    shape: list[Any]
-    type: str
-
-
 def import_trt():
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BundleError(f"the trt backend needs the TensorRT Python package ({exc}); "
+        raise BackendError(f"the trt backend needs the TensorRT Python package ({exc}); "
                           "install it (pip install 'diffvos[trt]') or use --backend tensorrt/cuda/cpu") from exc
     return trt
 
@@ -50,7 +42,7 @@ def import_cuda():
     try:
         import pycuda.driver as cuda
     except ImportError as exc:
-        raise BundleError(f"the trt backend needs pycuda ({exc}); install it (pip install pycuda)") from exc
+        raise BackendError(f"the trt backend needs pycuda ({exc}); install it (pip install pycuda)") from exc
     return cuda
 
 
@@ -62,28 +54,28 @@ def gpu_facts(cuda: Any, device: int = 0) -> dict[str, str]:
     return {"gpu": dev.name(), "compute_capability": f"{major}.{minor}"}
 
 
-def check_plan_facts(facts: dict[str, Any] | None, trt_version: str, gpu: dict[str, str], bundle: str | Path) -> None:
+def check_plan_facts(plan: TensorRTPlan | None, trt_version: str, gpu: dict[str, str], bundle: str | Path) -> None:
     """Refuse a plan built by another TensorRT version or for another GPU architecture."""
-    if not facts:
+    if plan is None:
         raise BundleError(f"bundle has no TensorRT engine; {rebuild_hint(bundle).replace('rebuild', 'build')}", bundle)
-    built = facts.get("trt_version")
-    if built != trt_version:
-        raise BundleError(f"engine was built with TensorRT {built}, this machine has TensorRT {trt_version}; "
-                          + rebuild_hint(bundle), bundle)
-    cc = facts.get("compute_capability")
-    if cc != gpu["compute_capability"]:
-        raise BundleError(f"engine was built for {facts.get('gpu')} (compute capability {cc}), this GPU is "
-                          f"{gpu['gpu']} (compute capability {gpu['compute_capability']}); " + rebuild_hint(bundle), bundle)
+    if plan.trt_version != trt_version:
+        raise BundleError(f"engine was built with TensorRT {plan.trt_version}, this machine has TensorRT "
+                          f"{trt_version}; " + rebuild_hint(bundle), bundle)
+    if plan.compute_capability != gpu["compute_capability"]:
+        raise BundleError(f"engine was built for {plan.gpu} (compute capability {plan.compute_capability}), this GPU "
+                          f"is {gpu['gpu']} (compute capability {gpu['compute_capability']}); " + rebuild_hint(bundle),
+                          bundle)
 
 
 def _volume(shape) -> int:
     return int(np.prod([int(d) for d in shape])) if len(shape) else 1
 
 
-class TrtSession:
+class TrtEngine(EngineBase):
     """One deserialised engine with its context, stream and buffers (single input, any outputs)."""
 
     def __init__(self, plan: bytes, trt: Any, cuda: Any, source: str | Path = "engine", profile: int = 0) -> None:
+        super().__init__()
         self.trt, self.cuda, self.source = trt, cuda, str(source)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -143,7 +135,7 @@ class TrtSession:
             self._shape = shape
         return {o: tuple(self.context.get_tensor_shape(o)) for o in self.output_names}
 
-    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         cuda = self.cuda
         name = self.input_names[0]
         x = feed.get(name)
@@ -154,42 +146,62 @@ class TrtSession:
         np.copyto(host_in, x, casting="same_kind")
         cuda.memcpy_htod_async(self.device[name], host_in, self.stream)
         if not self.context.execute_async_v3(self.stream.handle):
-            raise BundleError("TensorRT execution failed", self.source)
-        wanted = output_names or self.output_names
-        results = []
-        for out in wanted:
+            raise BackendError("TensorRT execution failed", self.source)
+        results = {}
+        for out in self.output_names:
             host_out = self.host[out][: _volume(out_shapes[out])].reshape(out_shapes[out])
             cuda.memcpy_dtoh_async(host_out, self.device[out], self.stream)
-            results.append(host_out)
+            results[out] = host_out
         self.stream.synchronize()
-        return [r.astype(np.float32, copy=True) for r in results]
+        return {name: r.astype(np.float32, copy=True) for name, r in results.items()}
 
-    def get_inputs(self) -> list[IOName]:
-        return [IOName(n, list(self.max_shapes[n]), str(self.dtypes[n])) for n in self.input_names]
+    @property
+    def inputs(self) -> tuple[TensorMeta, ...]:
+        return tuple(TensorMeta(n, self.max_shapes[n], self.dtypes[n]) for n in self.input_names)
 
-    def get_outputs(self) -> list[IOName]:
-        return [IOName(n, list(self.max_shapes[n]), str(self.dtypes[n])) for n in self.output_names]
+    @property
+    def outputs(self) -> tuple[TensorMeta, ...]:
+        return tuple(TensorMeta(n, self.max_shapes[n], self.dtypes[n]) for n in self.output_names)
 
-    def get_providers(self) -> list[str]:
-        return ["TensorRT (native)"]
+    @property
+    def provider(self) -> str:
+        return PROVIDER
+
+    @property
+    def providers(self) -> list[str]:
+        return [PROVIDER]
+
+    def close(self) -> None:
+        self.context = None
+        self.engine = None
 
 
-def open_trt_session(bundle: str | Path, graph: str = FEATURES_GRAPH, manifest: Manifest | None = None,
-                     trt: Any = None, cuda: Any = None, device: int = 0) -> TrtSession:
-    """Check the bundle's plan against this machine, then deserialise it."""
-    bundle = Path(bundle)
-    manifest = manifest or read_manifest(bundle)
-    trt = trt or import_trt()
-    cuda = cuda or import_cuda()
-    gpu = gpu_facts(cuda, device)
-    facts = (manifest.extra.get(TRT_KEY) or {}).get(graph)
-    check_plan_facts(facts, trt.__version__, gpu, bundle)
-    plan_path = bundle / facts["plan"]
-    if not plan_path.is_file():
-        raise BundleError("TensorRT plan listed in the manifest is missing; " + rebuild_hint(bundle), plan_path)
-    if facts.get("sha256") and sha256_file(plan_path) != facts["sha256"]:
-        raise BundleError("TensorRT plan is corrupted (sha256 differs from the manifest); " + rebuild_hint(bundle), plan_path)
-    if not getattr(cuda, "_diffvos_context", None):  # one primary context per process
-        cuda._diffvos_context = cuda.Device(device).retain_primary_context()
-        cuda._diffvos_context.push()
-    return TrtSession(plan_path.read_bytes(), trt, cuda, source=plan_path)
+@dataclass
+class TrtPlanLoader:
+    """Lazy loader of a :class:`TrtEngine`: checks the bundle's plan against this machine, then
+    deserialises it."""
+
+    bundle: Path
+    manifest: Manifest
+    graph: str = FEATURES_GRAPH
+    device: int = 0
+    trt: ModuleType | None = field(default=None, repr=False)  # injected tensorrt (tests)
+    cuda: ModuleType | None = field(default=None, repr=False)  # injected pycuda.driver (tests)
+
+    def __call__(self) -> TrtEngine:
+        bundle = Path(self.bundle)
+        trt = self.trt or import_trt()
+        cuda = self.cuda or import_cuda()
+        gpu = gpu_facts(cuda, self.device)
+        plan = self.manifest.tensorrt.get(self.graph)
+        check_plan_facts(plan, trt.__version__, gpu, bundle)
+        plan_path = bundle / plan.plan
+        if not plan_path.is_file():
+            raise BundleError("TensorRT plan listed in the manifest is missing; " + rebuild_hint(bundle), plan_path)
+        if plan.sha256 and sha256_file(plan_path) != plan.sha256:
+            raise BundleError("TensorRT plan is corrupted (sha256 differs from the manifest); " + rebuild_hint(bundle),
+                              plan_path)
+        if not getattr(cuda, "_diffvos_context", None):  # one primary context per process
+            cuda._diffvos_context = cuda.Device(self.device).retain_primary_context()
+            cuda._diffvos_context.push()
+        return TrtEngine(plan_path.read_bytes(), trt, cuda, source=plan_path)

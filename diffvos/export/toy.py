@@ -1,8 +1,9 @@
 """A small, real bundle built with onnx.helper: no torch, no checkpoint, milliseconds to run.
 
 Its feature graph is average-pool(stride) -> 1x1 conv (fixed random weights) -> tanh -> mean
-over the E draws, so colours map to distinct feature vectors and runtime tests can track
-coloured objects end to end.
+over the E draws, so colours map to distinct feature vectors and coloured objects can be
+tracked end to end: for smoke tests of an installation, benchmarks of the runtime's own
+overhead, and the test suite. Needs ``onnx`` (the export extra), not torch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffvos.runtime.bundle import GraphEntry, Manifest, sha256_file, write_manifest
+from diffvos.bundle import GraphEntry, Manifest, sha256_file, write_manifest
 
 
 def make_toy_bundle(

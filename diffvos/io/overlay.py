@@ -16,8 +16,8 @@ from types import TracebackType
 
 import numpy as np
 
-from diffvos.runtime.errors import OutputError
-from diffvos.runtime.masks import DAVIS_PALETTE
+from diffvos.errors import OutputError
+from diffvos.io.masks import DAVIS_PALETTE
 
 
 def blend_overlay(

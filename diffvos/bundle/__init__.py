@@ -1,0 +1,32 @@
+"""The bundle contract: manifest schema, size rule, noise schedules and output comparison.
+
+Export and calibration write bundles, the runtime reads them; they meet only here.
+"""
+
+from diffvos.bundle.manifest import (
+    FEATURES_GRAPH,
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    VAE_GRAPH,
+    Calibration,
+    Checkpoint,
+    Comparison,
+    ExportFacts,
+    Flops,
+    Fp16Conversion,
+    GraphEntry,
+    GraphFacts,
+    Latent,
+    Manifest,
+    Preprocess,
+    TensorRTPlan,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+
+__all__ = [
+    "FEATURES_GRAPH", "MANIFEST_NAME", "SCHEMA_VERSION", "VAE_GRAPH", "Calibration", "Checkpoint", "Comparison",
+    "ExportFacts", "Flops", "Fp16Conversion", "GraphEntry", "GraphFacts", "Latent", "Manifest", "Preprocess",
+    "TensorRTPlan", "read_manifest", "sha256_file", "write_manifest",
+]

@@ -1,0 +1,361 @@
+"""The bundle manifest, ``diffvos.json``: the one schema where export, calibration and the runtime meet.
+
+Every section is a typed dataclass; reading checks every field's type and names the field that
+is wrong. Export and calibration write bundles through :func:`write_manifest`; the runtime reads
+them through :func:`read_manifest`. Torch-free.
+
+Layout of a bundle::
+
+    bundle/
+      diffvos.json        manifest (this schema)
+      features.onnx       pixel- or latent-space feature graph: x_t [E,Cin,H,W] -> features [1,C,h,w]
+      vae_encoder.onnx    (Stable Diffusion only) image [1,3,H,W] in [-1,1] -> latent [1,4,H/8,W/8], scaled
+      <graph>.plan        TensorRT engines written by ``diffvos build-engine`` (optional)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffvos.config import PRECISIONS
+from diffvos.errors import BundleError
+from diffvos.io.atomic import write_text_atomic
+
+SCHEMA_VERSION = 2  # 2: typed sections (export, tensorrt, calibration, fp16) instead of "extra"
+MANIFEST_NAME = "diffvos.json"
+FEATURES_GRAPH = "features"
+VAE_GRAPH = "vae_encoder"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class GraphEntry:
+    """One ONNX graph of the bundle."""
+
+    file: str
+    sha256: str
+    inputs: dict[str, list[Any]]  # name -> shape, a dimension may be a string (dynamic)
+    outputs: dict[str, list[Any]]
+    precision: str = "fp32"  # one of config.PRECISIONS
+    external_data: str | None = None  # weights file of a graph over protobuf's 2 GB limit
+    external_data_sha256: str | None = None
+
+    @property
+    def input_name(self) -> str:
+        return next(iter(self.inputs))
+
+
+@dataclass
+class Preprocess:
+    """How a frame becomes the graph's x_0 (METHOD.md section 1.1)."""
+
+    color: str = "RGB"  # channel order the graph expects
+    scale: float = 2.0 / 255.0  # x = pixel * scale + offset
+    offset: float = -1.0
+    mean: list[float] | None = None  # optional per-channel normalisation after scale/offset
+    std: list[float] | None = None
+    short_side: int = 480  # frames are resized so the short side is this ...
+    multiple: int = 32  # ... and each side floored to a multiple of this
+
+
+@dataclass
+class Latent:
+    """Latent-space models (Stable Diffusion): the VAE graph and its scaling."""
+
+    scaling_factor: float
+    downsample: int  # pixels per latent cell
+    channels: int
+    posterior: str = "mean"  # mean | sample
+
+
+@dataclass
+class Checkpoint:
+    """Where the weights came from."""
+
+    name: str = ""
+    sha256: str | None = None
+    source: str | None = None  # a path or hub id (Stable Diffusion)
+    weights_file: str | None = None
+    config: dict[str, Any] | None = None  # the model's hyper-parameters (ADM)
+    schedule: str | None = None
+    prompt_embeds: str | None = None  # origin of the folded prompt (Stable Diffusion)
+    note: str | None = None
+
+
+@dataclass
+class Comparison:
+    """A graph's output against a reference on the same input (:func:`diffvos.bundle.compare`)."""
+
+    max_abs_error: float
+    max_rel_error: float
+    cosine: float
+    tolerance: dict[str, float] = field(default_factory=dict)
+    input_shape: list[int] | None = None
+    provider: str | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class Flops:
+    """Floating-point operations per noise draw (a multiply-add counts 2)."""
+
+    truncated: int | None = None
+    full: int | None = None
+    vae_encoder: int | None = None
+    per: str = ""
+    height: int | None = None
+    width: int | None = None
+
+
+@dataclass
+class GraphFacts:
+    nodes: int
+    initializers: int
+    op_types: list[str]
+    external_data: str | None = None
+    export_seconds: float | None = None
+
+
+@dataclass
+class ExportFacts:
+    """What the exporter built and verified."""
+
+    height: int  # the size the graphs were exported and verified at
+    width: int
+    graphs: dict[str, GraphFacts] = field(default_factory=dict)
+    verification: dict[str, Comparison] = field(default_factory=dict)  # per graph; empty: --no-verify
+    note: str | None = None
+
+
+@dataclass
+class TensorRTPlan:
+    """A TensorRT engine built from one graph by ``diffvos build-engine``."""
+
+    plan: str  # file name in the bundle
+    sha256: str
+    trt_version: str
+    gpu: str
+    compute_capability: str
+    precision: str
+    profile: dict[str, list[int]]  # min / opt / max input shapes
+    strongly_typed: bool = True
+    opt_level: int = 3
+    workspace_gb: float = 4.0
+    build_seconds: float | None = None
+
+
+@dataclass
+class Calibration:
+    """The INT8 calibration and its accuracy report (``diffvos calibrate``)."""
+
+    method: str
+    calibration_frames: int
+    heldout_frames: int
+    sources: list[str]
+    seed: int
+    fresh_noise: bool
+    chosen: dict[str, Any]
+    candidates: list[dict[str, Any]]
+    accuracy: dict[str, Any]
+    limits: dict[str, float]
+    passed: bool
+    masks: dict[str, Any] = field(default_factory=dict)
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    fp32_ms: float | None = None
+    trt_calibration_cache: dict[str, Any] = field(default_factory=dict)
+    source_bundle: str | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class Fp16Conversion:
+    graphs: dict[str, dict[str, Any]]  # per graph: kept op types, repaired casts, seconds
+    verification: dict[str, Comparison]
+    source_bundle: str | None = None
+
+
+@dataclass
+class Manifest:
+    backbone: str  # adm | sd | mobilenetv2 | ...
+    timestep: int  # diffusion time step t (0 for non-diffusion backbones)
+    alpha_bar: float  # ᾱ_t; 1.0 means no noise
+    layer: int  # decoder layer (ADM output block, SD up-resnet index, MobileNet stage)
+    stride: int  # pixels per feature cell
+    channels: int  # feature channels C
+    ensemble: int  # E noise draws in the batch
+    height: int | None  # graph input size in pixels; None when dynamic
+    width: int | None
+    graphs: dict[str, GraphEntry]
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    latent: Latent | None = None
+    dynamic: bool = False
+    min_size: list[int] | None = None  # [H, W] range of a dynamic bundle
+    max_size: list[int] | None = None
+    precision: str = "fp32"  # one of config.PRECISIONS
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    flops: Flops = field(default_factory=Flops)
+    versions: dict[str, str] = field(default_factory=dict)
+    export: ExportFacts | None = None
+    tensorrt: dict[str, TensorRTPlan] = field(default_factory=dict)  # per graph
+    calibration: Calibration | None = None
+    fp16: Fp16Conversion | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def input_channels(self) -> int:
+        return self.latent.channels if self.latent else 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | Path = MANIFEST_NAME) -> "Manifest":
+        if not isinstance(data, dict):
+            raise BundleError(f"manifest must be a JSON object, got a JSON {type(data).__name__}", source)
+        version = data.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise BundleError("manifest has no integer schema_version", source)
+        if version > SCHEMA_VERSION:
+            raise BundleError(
+                f"bundle uses manifest schema {version}, this diffvos reads up to {SCHEMA_VERSION}: "
+                "upgrade diffvos or re-export the bundle",
+                source,
+            )
+        if version < 2:
+            data = _upgrade_v1(data)
+        manifest = _build(cls, data, "manifest", source)
+        if FEATURES_GRAPH not in manifest.graphs:
+            raise BundleError(f"manifest lists no '{FEATURES_GRAPH}' graph", source)
+        for name, precision in [("precision", manifest.precision)] + [
+            (f"graphs.{g}.precision", e.precision) for g, e in manifest.graphs.items()
+        ]:
+            if precision not in PRECISIONS:
+                raise BundleError(f"manifest field {name} is {precision!r}, expected one of {', '.join(PRECISIONS)}", source)
+        return manifest
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 kept the export facts, TensorRT plans, calibration and fp16 reports in ``extra``."""
+    data = dict(data)
+    extra = dict(data.pop("extra", None) or {})
+    verification = data.pop("verification", None) or {}
+    size = extra.pop("export_size", None)
+    if size:
+        data["export"] = {
+            "height": size[0], "width": size[1], "graphs": extra.pop("graphs", {}),
+            "verification": {k: v for k, v in verification.items() if isinstance(v, dict) and "cosine" in v},
+            "note": extra.pop("baseline", None),
+        }
+    data["tensorrt"] = extra.pop("tensorrt", {})
+    if extra.get("calibration"):
+        data["calibration"] = {**extra.pop("calibration"), "source_bundle": extra.pop("source_bundle", None)}
+    if extra.get("fp16"):
+        data["fp16"] = extra.pop("fp16")
+    data["schema_version"] = SCHEMA_VERSION
+    return data
+
+
+def _build(tp: Any, value: Any, where: str, source: str | Path) -> Any:
+    """``value`` (parsed JSON) as type ``tp``, checked; errors name the field (``where``)."""
+    def bad(expected: str) -> BundleError:
+        return BundleError(f"manifest field {where} must be {expected}, got {json.dumps(value)[:60]}", source)
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise bad("set")
+        tp = next(t for t in options if t is not type(None))
+        origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad("an object")
+        hints = typing.get_type_hints(tp)
+        known = {f.name: f for f in dataclasses.fields(tp)}
+        missing = [n for n, f in known.items() if n not in value
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise BundleError(f"manifest section {where} lacks {', '.join(missing)}", source)
+        kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where != "manifest" else k, source)
+                  for k, v in value.items() if k in known}
+        return tp(**kwargs)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad("an object")
+        _, vt = typing.get_args(tp)
+        return {str(k): _build(vt, v, f"{where}.{k}", source) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad("a list")
+        (it,) = typing.get_args(tp)
+        return [_build(it, v, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    return value
+
+
+def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
+    path = Path(bundle_dir) / MANIFEST_NAME
+    write_text_atomic(path, json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_manifest(bundle_dir: str | Path, verify_files: bool = True) -> Manifest:
+    """Read and check a bundle's manifest; with ``verify_files`` also check every graph's sha256."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST_NAME
+    if not bundle_dir.is_dir():
+        raise BundleError("bundle directory does not exist" if not bundle_dir.exists() else "not a directory", bundle_dir)
+    if not path.is_file():
+        raise BundleError(f"not a diffvos bundle (no {MANIFEST_NAME})", bundle_dir)
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"unreadable manifest ({exc})", path) from exc
+    manifest = Manifest.from_dict(data, path)
+    if verify_files:
+        for name, entry in manifest.graphs.items():
+            files = [(bundle_dir / entry.file, entry.sha256)]
+            if entry.external_data:
+                files.append((bundle_dir / entry.external_data, entry.external_data_sha256))
+            for file, digest in files:
+                if not file.is_file():
+                    raise BundleError(f"file of graph '{name}' is missing", file)
+                if sha256_file(file) != digest:
+                    raise BundleError(
+                        f"file of graph '{name}' is corrupted (sha256 differs from the manifest); re-export the bundle",
+                        file,
+                    )
+    return manifest

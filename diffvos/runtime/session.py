@@ -1,0 +1,302 @@
+"""The Python API: a :class:`Runtime` loads a bundle's engines once; a :class:`Session` tracks one
+stream with a single per-frame entry, :meth:`Session.step` (compare Cutie's
+``InferenceCore.step(image, mask=None, objects=None)``).
+
+Every caller drives tracking through ``Session.step``: ``diffvos track``, the demo, the quality
+benchmark, the INT8 accuracy report, the C ABI and the samples. Failures raise the typed
+exceptions of :mod:`diffvos.errors` (as ONNX Runtime's ``InferenceSession`` raises its own);
+status codes exist only in :mod:`diffvos.runtime.capi`. A call that raises has changed nothing:
+every argument is checked before any state does.
+
+Threading: distinct sessions run concurrently on distinct threads (ONNX Runtime's ``run`` is
+thread-safe and releases the GIL). One session used from two threads is serialised by its lock,
+or refused with :class:`~diffvos.errors.BusyError` when created with ``concurrency="refuse"``.
+Closing a runtime leaves its sessions working: they hold the engines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from diffvos.bundle import FEATURES_GRAPH, read_manifest
+from diffvos.config import MAX_FRAME_SIDE, RuntimeConfig, SessionConfig
+from diffvos.errors import BusyError, ClosedError, InputError, InvalidBufferError, NotStartedError
+from diffvos.runtime.backends import loaders_for
+from diffvos.runtime.engine import Engine, Loader
+from diffvos.runtime.features import Features
+from diffvos.runtime.objects import ObjectManager
+from diffvos.runtime.postprocess import labels_to_onehot, soft_to_labels
+from diffvos.runtime.propagation import Propagator
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    version: str
+    bundle: str
+    backend: str  # requested
+    provider: str  # the provider really running the feature graph
+    providers: list[str]
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    width: int
+    height: int
+    color: str
+    object_ids: list[int]  # in channel order: probability channel i+1 is object_ids[i]
+    prob_shape: tuple[int, int, int]  # (K+1, grid_h, grid_w)
+    timings: dict[str, float] = field(default_factory=dict)  # ms, last step
+    memory_bytes: int = 0
+    frames: int = 0  # frames stepped since the video started (or the last reset)
+
+
+class Runtime:
+    """One loaded bundle: its engines, shared by every session made from it.
+
+    ``loaders`` (graph name -> lazy loader) replaces the loaders ``backend`` would choose, for
+    callers that build engines their own way.
+    """
+
+    def __init__(self, bundle: str | Path, backend: str = "auto", threads: int = 0, verify_files: bool = True,
+                 *, loaders: Mapping[str, Loader] | None = None) -> None:
+        if not isinstance(bundle, (str, Path)):
+            raise InputError(f"bundle must be a path, not {type(bundle).__name__}")
+        self.config = RuntimeConfig(backend=backend, threads=threads, verify_files=verify_files)
+        self.bundle = Path(bundle)
+        self.manifest = read_manifest(self.bundle, verify_files=verify_files)
+        loaders = loaders or loaders_for(self.bundle, self.manifest, self.config)
+        self.engines: dict[str, Engine] = {name: load() for name, load in loaders.items()}
+        self.closed = False
+
+    @property
+    def provider(self) -> str:
+        """The provider that really runs the feature graph (after any fallback)."""
+        return self.engines[FEATURES_GRAPH].provider
+
+    @property
+    def notes(self) -> list[str]:
+        """Lines for the user about providers that fell back (e.g. no GPU); empty when none did."""
+        return sorted({e.note for e in self.engines.values() if e.note})
+
+    @property
+    def info(self) -> RuntimeInfo:
+        from diffvos import __version__
+
+        engine = self.engines[FEATURES_GRAPH]
+        return RuntimeInfo(__version__, str(self.bundle), self.config.backend, engine.provider, engine.providers,
+                           self.manifest.to_dict())
+
+    def session(self, width: int, height: int, config: SessionConfig | None = None, **options: Any) -> Session:
+        """A session for a stream of ``width`` x ``height`` frames, configured by ``config`` or by
+        keyword ``options`` (:class:`~diffvos.config.SessionConfig` and
+        :class:`~diffvos.config.PropagationConfig` fields, e.g. ``color="RGB", memory=10``)."""
+        if config is not None and options:
+            raise InputError("give a SessionConfig or keyword options, not both")
+        return Session(self, width, height, config or SessionConfig.from_options(**options))
+
+    def close(self) -> None:
+        """Release the runtime's hold on the engines (sessions keep theirs until closed)."""
+        self.engines = {}
+        self.closed = True
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.provider
+        return f"<diffvos.Runtime {str(self.bundle)!r} {state}>"
+
+
+class Session:
+    """One stream's tracking state over a runtime's engines."""
+
+    def __init__(self, runtime: Runtime, width: int, height: int, config: SessionConfig | None = None) -> None:
+        if runtime.closed:
+            raise ClosedError("the runtime was closed")
+        for name, v in (("width", width), ("height", height)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 < v <= MAX_FRAME_SIDE:
+                raise InputError(f"{name} must be an integer in 1..{MAX_FRAME_SIDE}, got {v!r}")
+        self.config = config or SessionConfig()
+        self.width, self.height = int(width), int(height)
+        self.features = Features(runtime.manifest, runtime.engines, self.config.seed, self.config.fresh_noise)
+        self.grid = self.features.grid_size((self.height, self.width))  # a dynamic bundle's range -> InputError
+        self.scaled = self.features.input_size((self.height, self.width))
+        self.objects = ObjectManager()
+        self.propagator: Propagator | None = None
+        self.timings: dict[str, float] = {}
+        self.frames = 0
+        self.closed = False
+        self._lock = threading.Lock()
+
+    # -- the step ---------------------------------------------------------------------------------
+
+    def step(self, frame: np.ndarray, out: np.ndarray | None = None, mask: np.ndarray | None = None,
+             object_ids: Sequence[int] | None = None, probs: np.ndarray | None = None) -> np.ndarray:
+        """Track one frame; return its label map (uint8 HxW of the caller's object ids).
+
+        ``mask`` (uint8 HxW) adds objects on this frame: every id in it not tracked yet, or just
+        ``object_ids``. The first call needs one; later ones add objects appearing mid-video (the
+        annotation wins where it marks the new objects). ``out`` receives the label map when given
+        (C-contiguous uint8 HxW); ``probs`` (float32, :attr:`SessionInfo.prob_shape` after the
+        call) receives the soft mask on the feature grid.
+        """
+        with self._using():
+            frame = _array("frame", frame, np.uint8, (self.height, self.width, 3))
+            out = np.empty((self.height, self.width), np.uint8) if out is None else \
+                _array("out", out, np.uint8, (self.height, self.width), writeable=True)
+            new: list[int] = []
+            if mask is not None:
+                mask = _array("mask", mask, np.uint8, (self.height, self.width))
+                new = self.objects.plan(mask, object_ids)
+                if self.propagator is not None and self.config.propagation.memory == 0:
+                    raise InputError("objects cannot be added mid-video with memory=0: the frame would not be "
+                                     "remembered")
+            elif object_ids is not None:
+                raise InputError("object_ids name objects of a mask: give the mask too")
+            elif not self.objects:
+                raise NotStartedError("no object to track yet: give the first frame's mask")
+            if probs is not None:
+                k = len(self.objects) + len(new)
+                probs = _array("probs", probs, np.float32, (k + 1, *self.grid), writeable=True)
+            # nothing has changed until here
+            t0 = time.perf_counter()
+            feats = self.features(frame, self.config.color)
+            t1 = time.perf_counter()
+            if not new:
+                soft = self.propagator.step(feats)
+                t2 = time.perf_counter()
+                soft_to_labels(soft, self.features.stride, out.shape, self.scaled, self.objects.lut, out)
+            else:  # new objects: their labels come (partly) from the mask, timed with the propagation
+                soft = self._start(feats, mask, new, out) if self.propagator is None else self._add(feats, mask, new, out)
+                t2 = time.perf_counter()
+            if probs is not None:
+                np.copyto(probs, soft)
+            t3 = time.perf_counter()
+            self.frames += 1
+            self.timings = {**self.features.timings, "propagate_ms": (t2 - t1) * 1e3,
+                            "postprocess_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
+        return out
+
+    def _start(self, feats: np.ndarray, mask: np.ndarray, new: list[int], out: np.ndarray) -> np.ndarray:
+        """First frame: the memory starts from the given mask, which is also the frame's output."""
+        channels = self.objects.channels(mask, new)
+        c, h, w = feats.shape
+        onehot = labels_to_onehot(channels, (h, w), len(new) + 1)
+        self.propagator = Propagator(c, h, w, len(new) + 1, self.config.propagation)
+        self.propagator.start(feats, onehot)
+        self.objects.add(new)
+        self.frames = 0
+        np.take(self.objects.lut, channels, out=out)
+        return onehot
+
+    def _add(self, feats: np.ndarray, mask: np.ndarray, new: list[int], out: np.ndarray) -> np.ndarray:
+        """Objects appearing mid-video: the frame is predicted for the tracked objects, the new
+        objects' annotation overrides the prediction where it marks them, and the frame is
+        remembered once, with the combined mask (the new channels are zero in older frames)."""
+        channels = self.objects.channels(mask, new)
+        soft = self.propagator.predict(feats)
+        soft_to_labels(soft, self.features.stride, out.shape, self.scaled, self.objects.lut, out)
+        np.copyto(out, mask, where=channels > 0)
+        k_old, k_new = len(self.objects), len(self.objects) + len(new)
+        onehot = labels_to_onehot(channels, soft.shape[1:], k_new + 1)
+        combined = np.zeros((k_new + 1, *soft.shape[1:]), np.float32)
+        combined[: k_old + 1] = soft
+        combined[k_old + 1 :] = onehot[k_old + 1 :]
+        combined[: k_old + 1, onehot[0] == 0] = 0.0  # cells of a new object: the annotation wins
+        self.propagator.add_objects(len(new))
+        self.propagator.remember(combined)
+        self.objects.add(new)
+        return combined
+
+    # -- objects and state ----------------------------------------------------------------------
+
+    def remove(self, object_id: int) -> None:
+        """Stop tracking ``object_id``; its region becomes background. Removing the last object
+        resets the session."""
+        with self._using():
+            channel = self.objects.channel(object_id)
+            if len(self.objects) == 1:
+                self._reset()
+                return
+            self.propagator.remove_object(channel)
+            self.objects.remove(object_id)
+
+    def reset(self) -> None:
+        """Forget all objects and the memory; the next step needs a mask again."""
+        with self._using():
+            self._reset()
+
+    def _reset(self) -> None:
+        self.propagator = None
+        self.objects.clear()
+        self.frames = 0
+        self.timings = {}
+
+    @property
+    def info(self) -> SessionInfo:
+        with self._using():
+            return SessionInfo(
+                width=self.width, height=self.height, color=self.config.color, object_ids=list(self.objects.ids),
+                prob_shape=(len(self.objects) + 1, *self.grid), timings=dict(self.timings),
+                memory_bytes=self.memory_bytes(), frames=self.frames,
+            )
+
+    def memory_bytes(self) -> int:
+        """Bytes of this stream's state: memory bank, propagation scratch, feature buffers."""
+        total = self.features.nbytes + self.objects.lut.nbytes
+        if self.propagator is not None:
+            total += self.propagator.bank.nbytes + self.propagator.scratch_nbytes
+        return total
+
+    def close(self) -> None:
+        """Free the session (waits for a step running in another thread to finish)."""
+        with self._lock:
+            self.closed = True
+            self.propagator = None
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[None]:
+        if not self._lock.acquire(blocking=self.config.concurrency != "refuse"):
+            raise BusyError("the session is in use by another thread")
+        try:
+            if self.closed:
+                raise ClosedError("the session was closed")
+            yield
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self.objects)} objects"
+        return f"<diffvos.Session {self.width}x{self.height} {state}>"
+
+
+def _array(name: str, a: Any, dtype: type, shape: tuple[int, ...], writeable: bool = False) -> np.ndarray:
+    """Check a caller buffer (type, dtype, shape; writeable and C-contiguous for outputs)."""
+    if not isinstance(a, np.ndarray):
+        raise InvalidBufferError(f"{name}: expected a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype or a.shape != shape:
+        raise InvalidBufferError(f"{name}: expected {np.dtype(dtype).name} of shape {shape}, "
+                                 f"got {a.dtype.name} of shape {a.shape}")
+    if writeable:
+        if not a.flags.writeable:
+            raise InvalidBufferError(f"{name}: the array is read-only")
+        if not a.flags.c_contiguous:
+            raise InvalidBufferError(f"{name}: the array must be C-contiguous (got strides {a.strides})")
+    return a
