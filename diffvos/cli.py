@@ -6,6 +6,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any, Protocol
+
+
+class Subcommands(Protocol):
+    """What ``register(sub)`` of a command module receives (``parser.add_subparsers()``)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 # subcommand modules, each with register(subparsers) and light module-level imports
 _COMMANDS = (

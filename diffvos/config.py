@@ -197,8 +197,9 @@ class RuntimeConfig:
 # --- the command line, generated from the fields -------------------------------------------------
 
 
-def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
-    """One CLI option per field of ``cls`` offered to the CLI, with its default in the help."""
+def add_options(parser: Any, cls: type) -> None:
+    """One CLI option per field of ``cls`` offered to the CLI, with its default in the help
+    (``parser``: an ``argparse.ArgumentParser`` or one of its argument groups)."""
     for f in dataclasses.fields(cls):
         m = f.metadata
         if not m.get("cli"):

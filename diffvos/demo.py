@@ -11,9 +11,13 @@ import argparse
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffvos import __version__
 from diffvos.errors import InputError
+
+if TYPE_CHECKING:
+    from diffvos.cli import Subcommands
 
 
 def cache_dir() -> Path:
@@ -82,7 +86,7 @@ def demo_bundle(backbone: str, frame_hw: tuple[int, int], checkpoint: str | None
     return _cached_bundle(f"adm-{ident}-v{__version__}", build_adm)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     from diffvos.config import RuntimeConfig, SessionConfig, add_options
 
     d = sub.add_parser("demo", help="offline demo on the CPU: build a bundle, track a sample clip, write an overlay")

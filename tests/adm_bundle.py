@@ -12,9 +12,9 @@ from pathlib import Path
 def tiny_adm_bundle(fixture_dir: Path, layer: int = 6) -> Path:
     import torch
 
+    from diffvos.bundle.schedules import linear_alphas_cumprod
     from diffvos.export.adm import ADMConfig, ADMUNet, TruncatedADM
     from diffvos.export.onnx_export import GraphSpec, PreparedBackbone, write_bundle
-    from diffvos.bundle.schedules import linear_alphas_cumprod
 
     cfg = json.loads((fixture_dir / "adm_tiny_config.json").read_text())
     model = ADMUNet(ADMConfig.from_dict(cfg))

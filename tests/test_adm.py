@@ -11,10 +11,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from diffvos.export.adm import ADMConfig, ADMUNet, TruncatedADM, count_parameters, load_adm  # noqa: E402
-from diffvos.export.flops import count_flops  # noqa: E402
-from diffvos.errors import CheckpointError, ExportError, InputError  # noqa: E402
 from diffvos.bundle.schedules import linear_alphas_cumprod  # noqa: E402
+from diffvos.errors import CheckpointError, ExportError, InputError  # noqa: E402
+from diffvos.export.adm import (  # noqa: E402
+    ADMConfig,
+    ADMUNet,
+    TruncatedADM,
+    count_parameters,
+    load_adm,
+)
+from diffvos.export.flops import count_flops  # noqa: E402
 
 
 def rel_err(a, b) -> float:

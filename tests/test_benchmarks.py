@@ -53,11 +53,11 @@ def test_baseline_and_project_agree_on_tiny_case(adm_fixture_dir, tiny_clip, tmp
 def test_baseline_dense_step_matches_hand_case():
     """The baseline's dense reference on a 1x2 grid, 2 context frames: hand-computed soft mask."""
     base = load_script("baseline_pipeline")
-    mem = base._ListMemory(capacity=1)
+    mem = base.ListMemory(capacity=1)
     # first frame: cells (0,0) -> class 1, (0,1) -> class 0; C=2 unit features along x and y
     mem.keys.append(np.array([[[1.0, 0.0], [0.0, 1.0]]], np.float32))
     mem.values.append(np.array([[[0.0, 1.0], [1.0, 0.0]]], np.float32))
-    view = base._DenseView(base._Settings(temperature=0.5, topk=1, radius=1), 1, 2, 2, mem)
+    view = base.DenseView(base.Settings(temperature=0.5, topk=1, radius=1), 1, 2, 2, mem)
     query = np.array([[[1.0, 0.0]], [[0.0, 1.0]]], np.float32)  # (C, h, w): cell 0 along x, cell 1 along y
     soft = base.dense_reference()(view, query)
     np.testing.assert_allclose(soft[:, 0, 0], [0.0, 1.0], atol=1e-6)  # top-1 = memory cell 0

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from diffvos.io.atomic import prepare_output_dir, staged_directory, write_bytes_atomic
 from diffvos.bundle import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -17,6 +16,7 @@ from diffvos.bundle import (
     write_manifest,
 )
 from diffvos.errors import BundleError, OutputError
+from diffvos.io.atomic import prepare_output_dir, staged_directory, write_bytes_atomic
 
 
 def _bundle(tmp_path, payload=b"graph bytes"):

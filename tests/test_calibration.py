@@ -7,14 +7,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from PIL import Image
 
 from diffvos.bundle import read_manifest
-from diffvos.calibration.calibrate import CalibrationOptions, calibrate_bundle, calibration_inputs, mask_agreement
+from diffvos.calibration.calibrate import (
+    CalibrationOptions,
+    calibrate_bundle,
+    calibration_inputs,
+    mask_agreement,
+)
 from diffvos.calibration.frames import FramePool, split_indices
 from diffvos.calibration.quantize import Candidate, QuantConfig, choose
-from diffvos.calibration.trt_cache import format_cache, parse_cache, scale_hex, trt_version_number
+from diffvos.calibration.trt_cache import (
+    format_cache,
+    parse_cache,
+    scale_hex,
+    trt_version_number,
+)
 from diffvos.export.toy import make_toy_bundle
 from diffvos.io.masks import DAVIS_PALETTE
 from diffvos.runtime.features import Features

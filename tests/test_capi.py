@@ -5,12 +5,10 @@ message without crashing the C host. The status codes live only here, at the C b
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-
-import re
 
 import numpy as np
 import pytest

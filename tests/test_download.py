@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from diffvos.export import download as dl
 from diffvos.errors import CheckpointError
+from diffvos.export import download as dl
 
 DATA = bytes((i * 7919 + (i >> 8)) % 251 for i in range(300_000))
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffvos.errors import InputError
 from diffvos.evaluation import davis as dv
 from diffvos.evaluation.cli import per_sequence_path
-from diffvos.errors import InputError
 
 PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] * 64
 

@@ -10,9 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from diffvos.cli import main  # noqa: E402
 from diffvos.bundle import read_manifest  # noqa: E402
-
+from diffvos.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

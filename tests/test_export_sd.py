@@ -10,9 +10,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from diffvos.cli import main  # noqa: E402
-from diffvos.bundle import read_manifest  # noqa: E402
 from test_sd import _build  # noqa: E402
+
+from diffvos.bundle import read_manifest  # noqa: E402
+from diffvos.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")

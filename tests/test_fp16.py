@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffvos.bundle.compare import compare
 from diffvos.bundle import read_manifest
+from diffvos.bundle.compare import compare
 from diffvos.export.toy import make_toy_bundle
 
 onnx = pytest.importorskip("onnx")
@@ -88,9 +88,9 @@ def test_tiny_adm_fp16_matches_golden(adm_fixture_dir, tmp_path):
 
 
 def test_fp16_refuses_int8(tmp_path):
-    from diffvos.export.fp16 import convert_bundle_fp16
     from diffvos.bundle import write_manifest
     from diffvos.errors import BundleError
+    from diffvos.export.fp16 import convert_bundle_fp16
 
     src = make_toy_bundle(tmp_path / "toy")
     m = read_manifest(src)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffvos.export import mobilenet as mb
 from diffvos.errors import CheckpointError, ExportError
+from diffvos.export import mobilenet as mb
 
 
 @pytest.fixture(scope="module")

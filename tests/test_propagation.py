@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffvos.config import PropagationConfig
 from diffvos.errors import InputError
 from diffvos.runtime.memory import MemoryBank
 from diffvos.runtime.postprocess import (
@@ -21,7 +22,6 @@ from diffvos.runtime.postprocess import (
     soft_to_labels,
     upsample_bilinear,
 )
-from diffvos.config import PropagationConfig
 from diffvos.runtime.propagation import MagFilter, Propagator, parse_mag_filter
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pathlib import Path
 
 from diffvos.bundle import GraphEntry, Manifest, Preprocess
 from diffvos.bundle.sizes import input_size, method_size

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
+from diffvos.errors import CheckpointError, ExportError  # noqa: E402
 from diffvos.export.sd import (  # noqa: E402
     TruncatedSDUNet,
     VAEEncoderGraph,
@@ -25,7 +26,6 @@ from diffvos.export.sd import (  # noqa: E402
     load_sd,
     sd_layer_table,
 )
-from diffvos.errors import CheckpointError, ExportError  # noqa: E402
 
 T = 100
 # CLIP-style vocabulary (SD 2.x pads with "!"); "" tokenizes to <start> <end> then padding.

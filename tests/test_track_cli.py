@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from diffvos.cli import main
-from diffvos.sample_clip import make_clip
 from diffvos.export.toy import make_toy_bundle
+from diffvos.sample_clip import make_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,3 +148,39 @@ def test_output_not_writable(bundle, clip, tmp_path, capsys):
     blocker.write_text("x")
     assert _track(bundle, frames, mask, blocker / "masks") == 1
     _assert_error(capsys, "a_file", "not writable")
+
+
+def _davis_root(root: Path, clip) -> Path:
+    """A one-sequence DAVIS root from the sample clip (every frame annotated by the first mask,
+    enough for the evaluation to run)."""
+    import shutil
+
+    frames, mask = clip
+    seq_images, seq_gt = root / "JPEGImages" / "480p" / "clip", root / "Annotations" / "480p" / "clip"
+    shutil.copytree(frames, seq_images)
+    seq_gt.mkdir(parents=True)
+    for f in sorted(seq_images.iterdir()):
+        shutil.copyfile(mask, seq_gt / f"{f.stem}.png")
+    return root
+
+
+def test_bench_quality_tracks_with_the_seed_and_noise_asked_for(clip, tmp_path, capsys):
+    """Defect: `bench quality --seed N` always tracked with seed 0, and its --fresh-noise and
+    --threads were accepted and dropped. It now tracks exactly as `diffvos track` does."""
+    noisy = make_toy_bundle(tmp_path / "noisy", height=None, width=None, alpha_bar=0.3, ensemble=1)
+    root = _davis_root(tmp_path / "davis", clip)
+    frames = root / "JPEGImages" / "480p" / "clip"
+    mask = root / "Annotations" / "480p" / "clip" / "00000.png"
+    options = ["--seed", "3", "--fresh-noise", "--threads", "1"]
+    assert main(["bench", "quality", "--bundle", str(noisy), "--davis", str(root), "--output",
+                 str(tmp_path / "bench"), "--no-progress", *options]) == 0
+    assert "J&F" in capsys.readouterr().out
+    assert _track(noisy, frames, mask, tmp_path / "seed3", *options) == 0
+    assert _track(noisy, frames, mask, tmp_path / "seed0", "--fresh-noise") == 0
+    bench = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "bench" / "clip").iterdir())]
+    seed3 = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "seed3").iterdir())]
+    seed0 = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "seed0").iterdir())]
+    assert len(bench) == len(seed3) == 8
+    for a, b in zip(bench, seed3):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(seed3, seed0))  # the seed matters here

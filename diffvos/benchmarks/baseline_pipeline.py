@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 
-
 def dense_reference():
     """``dense_step`` of diffvos/benchmarks/propagation.py: METHOD.md section 2 steps 1-6, literally."""
     from diffvos.benchmarks.propagation import dense_step
@@ -31,7 +30,7 @@ def dense_reference():
 
 
 @dataclass
-class _Settings:
+class Settings:
     temperature: float = 0.2
     topk: int = 15
     radius: int = 15
@@ -47,7 +46,7 @@ class _Stack:
         return np.stack([self.items[int(i)] for i in slots])
 
 
-class _ListMemory:
+class ListMemory:
     """The published memory: first frame + a Python list FIFO of the last N frames."""
 
     def __init__(self, capacity: int) -> None:
@@ -73,10 +72,10 @@ class _ListMemory:
             del self.keys[1], self.values[1]
 
 
-class _DenseView:
+class DenseView:
     """What ``dense_step`` reads from a propagator: config, grid, channels and the memory."""
 
-    def __init__(self, settings: _Settings, h: int, w: int, channels: int, memory: _ListMemory) -> None:
+    def __init__(self, settings: Settings, h: int, w: int, channels: int, memory: ListMemory) -> None:
         self.config, self.h, self.w, self.channels, self.bank = settings, h, w, channels, memory
 
 
@@ -115,7 +114,7 @@ class BaselinePipeline:
         self.signal, self.sigma = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
         self.noise = None if noise is None else torch.from_numpy(np.asarray(noise, np.float32))
         self.generator = torch.Generator().manual_seed(seed)
-        self.settings = _Settings(temperature, topk, radius)
+        self.settings = Settings(temperature, topk, radius)
         self.memory_size = memory
         self.dense_chunk = dense_chunk
         self._dense = dense_reference()
@@ -123,7 +122,7 @@ class BaselinePipeline:
         self._hook = model.output_blocks[layer].register_forward_hook(lambda m, i, o: self._caught.append(o))
         self.timings: dict[str, float] = {}
         self.stride = 0
-        self.mem: _ListMemory | None = None
+        self.mem: ListMemory | None = None
 
     def close(self) -> None:
         self._hook.remove()
@@ -187,10 +186,10 @@ class BaselinePipeline:
         k1 = int(labels.max()) + 1
         small = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((w, h), Image.NEAREST))
         onehot = (small[:, :, None] == np.arange(k1)).astype(np.float32)
-        self.mem = _ListMemory(self.memory_size)
+        self.mem = ListMemory(self.memory_size)
         self.mem.keys.append(self._normalised_hwc(feats))
         self.mem.values.append(onehot)
-        self.view = _DenseView(self.settings, h, w, c, self.mem)
+        self.view = DenseView(self.settings, h, w, c, self.mem)
 
     def prefill(self, n: int) -> None:
         """Fill the FIFO with ``n`` copies of the first frame (a step's cost depends on the

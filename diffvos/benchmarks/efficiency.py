@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def _pipeline_module():
     from diffvos.benchmarks import pipeline
 

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 STAGES = ("preprocess_ms", "features_ms", "propagate_ms", "postprocess_ms", "total_ms")
 
 

@@ -27,9 +27,9 @@ def export_adm(out: Path, tiny: bool, layer: int = 6, t: int = 30) -> Path:
         return out
     import torch
 
+    from diffvos.bundle.schedules import linear_alphas_cumprod
     from diffvos.export.adm import ADMConfig, ADMUNet, TruncatedADM
     from diffvos.export.onnx_export import GraphSpec, PreparedBackbone, write_bundle
-    from diffvos.bundle.schedules import linear_alphas_cumprod
 
     torch.manual_seed(0)
     if tiny:

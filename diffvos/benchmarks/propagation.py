@@ -22,8 +22,8 @@ import tracemalloc
 
 import numpy as np
 
-from diffvos.runtime.memory import l2_normalise_into
 from diffvos.config import PropagationConfig
+from diffvos.runtime.memory import l2_normalise_into
 from diffvos.runtime.propagation import Propagator
 
 

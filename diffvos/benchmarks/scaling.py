@@ -18,7 +18,6 @@ import io
 import sys
 from pathlib import Path
 
-
 FIELDS = ("sweep", "h", "w", "hw", "memory_N", "context_frames", "channels", "median_ms", "step_peak_traced_mib",
           "bank_mib", "scratch_mib")
 

@@ -18,7 +18,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from diffvos.bundle import FEATURES_GRAPH, Calibration, GraphEntry, read_manifest, sha256_file, write_manifest
+from diffvos.bundle import (
+    FEATURES_GRAPH,
+    Calibration,
+    GraphEntry,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from diffvos.calibration.frames import FramePool, split_indices
 from diffvos.calibration.quantize import (
     Candidate,

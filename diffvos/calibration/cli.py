@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffvos.cli import Subcommands
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("calibrate", help="INT8 (Q/DQ) bundle from an FP32 bundle and calibration frames")
     p.add_argument("--bundle", required=True, help="FP32 bundle directory")
     p.add_argument("--frames", required=True, nargs="+", help="videos and/or frame folders to sample from")

@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from diffvos.bundle import FEATURES_GRAPH, GraphEntry, Manifest, TensorRTPlan, read_manifest, sha256_file, write_manifest
+from diffvos.bundle import (
+    FEATURES_GRAPH,
+    GraphEntry,
+    Manifest,
+    TensorRTPlan,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from diffvos.bundle.sizes import method_size
 from diffvos.errors import BundleError, ExportError, InputError
 from diffvos.io.atomic import write_bytes_atomic

@@ -109,7 +109,11 @@ def calibrate_ranges(
     """Run the FP32 graph on ``inputs`` (one x_t batch at a time, so memory stays flat) and
     return ONNX Runtime's ``TensorsData`` of the tensors around ``op_types`` (None: every float
     tensor); also saved to ``cache_path``."""
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        create_calibrator,
+        save_tensors_data,
+    )
 
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
@@ -156,7 +160,12 @@ def quantize_graph(
 ) -> Path:
     """Write a QDQ copy of ``model_path`` for ``config``, using the ranges in ``ranges_cache``."""
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, load_tensors_data, quantize_static
+    from onnxruntime.quantization import (
+        QuantFormat,
+        QuantType,
+        load_tensors_data,
+        quantize_static,
+    )
 
     if config.target not in TARGETS:
         raise ValueError(f"unknown quantisation target {config.target!r}; choose one of {', '.join(TARGETS)}")

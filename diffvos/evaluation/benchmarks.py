@@ -12,6 +12,10 @@ import importlib
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffvos.cli import Subcommands
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +73,7 @@ def add_efficiency_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
 
 
-def register(kinds: argparse._SubParsersAction) -> None:
+def register(kinds: Subcommands) -> None:
     """Add the pipeline, scaling and efficiency subcommands to ``diffvos bench``."""
     specs = (
         ("pipeline", "pipeline", add_pipeline_arguments,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffvos.cli import Subcommands
 
 
 def per_sequence_path(global_csv: str | Path) -> Path:
@@ -12,7 +16,7 @@ def per_sequence_path(global_csv: str | Path) -> Path:
     return p.with_name(f"{p.stem}.per-sequence{p.suffix or '.csv'}")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "eval",
         help="score predicted masks against DAVIS ground truth (J&F, semi-supervised)",
@@ -52,7 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffvos.evaluation.davis import evaluate_davis, format_report, global_csv, per_sequence_csv
+    from diffvos.evaluation.davis import (
+        evaluate_davis,
+        format_report,
+        global_csv,
+        per_sequence_csv,
+    )
     from diffvos.io.atomic import check_writable_dir, write_text_atomic
 
     if args.csv:  # fail before a long evaluation, not after it

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffvos.bundle.sizes import check_size
+from diffvos.errors import CheckpointError, ExportError
 from diffvos.export.adm_config import ADMConfig
 from diffvos.export.adm_unet import (
     ADMUNet,
@@ -23,8 +25,6 @@ from diffvos.export.adm_unet import (
     resblock_body,
     timestep_embedding,
 )
-from diffvos.bundle.sizes import check_size
-from diffvos.errors import CheckpointError, ExportError
 
 __all__ = ["ADMConfig", "ADMUNet", "TruncatedADM", "load_adm", "timestep_embedding"]
 
@@ -135,7 +135,7 @@ class TruncatedADM(nn.Module):
             raise ExportError(f"ADM time step must be a non-negative integer, got {timestep!r}")
         self.timestep = timestep
         self.total_stride = model.total_stride
-        self._table = model._table[: layer + 1]
+        self.block_table = model.block_table[: layer + 1]
         with torch.no_grad():
             emb = model.time_embedding(timestep, 1)  # [1, 4*num_channels]
             self.input_blocks = nn.ModuleList(_fold(b, emb) for b in model.input_blocks)
@@ -144,11 +144,11 @@ class TruncatedADM(nn.Module):
 
     @property
     def stride(self) -> int:
-        return self._table[-1][0]
+        return self.block_table[-1][0]
 
     @property
     def channels(self) -> int:
-        return self._table[-1][1]
+        return self.block_table[-1][1]
 
     def check_size(self, height: int, width: int) -> None:
         check_size(height, width, self.total_stride, "ADM")

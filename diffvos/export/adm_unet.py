@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffvos.export.adm_config import ADMConfig
 from diffvos.bundle.sizes import check_size
 from diffvos.errors import ExportError
+from diffvos.export.adm_config import ADMConfig
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -237,7 +237,7 @@ class ADMUNet(nn.Module):
                 blocks.append(TimestepSequential(*layers))
                 table.append((ds, ch))
         self.output_blocks = nn.ModuleList(blocks)
-        self._table = table
+        self.block_table = table
 
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
 
@@ -251,7 +251,7 @@ class ADMUNet(nn.Module):
         check_size(height, width, self.total_stride, "ADM")
         return [
             {"layer": i, "stride": s, "channels": c, "height": height // s, "width": width // s}
-            for i, (s, c) in enumerate(self._table)
+            for i, (s, c) in enumerate(self.block_table)
         ]
 
     # computation ------------------------------------------------------------------------------

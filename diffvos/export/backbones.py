@@ -45,10 +45,10 @@ def prepare_adm(checkpoint: str | Path, *, model_config: str | Path | None = Non
     """ADM (guided-diffusion) from a checkpoint file or alias, truncated after output block ``layer``."""
     import torch
 
+    from diffvos.bundle.schedules import linear_alphas_cumprod
     from diffvos.export.adm import ADMConfig, ADMUNet, TruncatedADM, load_adm
     from diffvos.export.download import resolve_checkpoint
     from diffvos.export.flops import count_flops
-    from diffvos.bundle.schedules import linear_alphas_cumprod
 
     config = ADMConfig.from_json(model_config) if model_config else ADMConfig()
     check_size(height, width, config.total_stride, "ADM")
@@ -95,7 +95,12 @@ def prepare_mobilenetv2(weights: str | Path | None = None, *, layer: int = MOBIL
                         dynamic: bool = False) -> PreparedBackbone:
     """ImageNet MobileNetV2, an offline baseline (not a diffusion model): no noise, ᾱ = 1, E = 1."""
     from diffvos.export.flops import count_flops
-    from diffvos.export.mobilenet import TruncatedMobileNetV2, check_mobilenet_size, default_weights_path, load_mobilenet_v2
+    from diffvos.export.mobilenet import (
+        TruncatedMobileNetV2,
+        check_mobilenet_size,
+        default_weights_path,
+        load_mobilenet_v2,
+    )
 
     stride = check_mobilenet_size(height, width, layer)
     path = Path(weights) if weights else default_weights_path()
@@ -130,7 +135,12 @@ def prepare_sd(model: str | Path, *, timestep: int = SD.timestep, layer: int = S
     import torch
 
     from diffvos.export.flops import count_flops
-    from diffvos.export.sd import TruncatedSDUNet, VAEEncoderGraph, check_sd_layer, load_sd
+    from diffvos.export.sd import (
+        TruncatedSDUNet,
+        VAEEncoderGraph,
+        check_sd_layer,
+        load_sd,
+    )
 
     if ensemble < 1:
         raise ExportError(f"ensemble size must be >= 1, got {ensemble}")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffvos.cli import Subcommands
 
 
 def _common(p: argparse.ArgumentParser, backbone: str) -> None:
-    from diffvos.config import EXPORT_DEFAULTS
+    from diffvos.config import EXPORT_DEFAULTS, PRECISIONS
 
     d = EXPORT_DEFAULTS[backbone]
     p.add_argument("--layer", type=int, default=d.layer, help=f"decoder layer to truncate at (default {d.layer})")
@@ -25,11 +29,11 @@ def _common(p: argparse.ArgumentParser, backbone: str) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS[:2], default=PRECISIONS[0],
                    help="fp16: an FP16-typed graph (normalisation and softmax kept in float32) for TensorRT")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("export", help="export a truncated backbone to an ONNX bundle")
     kinds = p.add_subparsers(dest="backbone", metavar="BACKBONE", required=True)
 

@@ -22,8 +22,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffvos.io.atomic import write_text_atomic
 from diffvos.errors import CheckpointError
+from diffvos.io.atomic import write_text_atomic
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0

@@ -22,7 +22,14 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from diffvos.bundle import Fp16Conversion, GraphEntry, Manifest, read_manifest, sha256_file, write_manifest
+from diffvos.bundle import (
+    Fp16Conversion,
+    GraphEntry,
+    Manifest,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from diffvos.bundle.compare import compare
 from diffvos.errors import BundleError, ExportError
 from diffvos.io.atomic import staged_directory

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffvos.errors import ExportError
 from diffvos.export.sd_load import (
     SDComponents,
     alpha_bar,
@@ -29,7 +30,6 @@ from diffvos.export.sd_load import (
     sd_layer_table,
     vae_scale_factor,
 )
-from diffvos.errors import ExportError
 
 __all__ = [
     "FoldedResnet",

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffvos.io.atomic import check_writable_dir, write_bytes_atomic
 from diffvos.errors import InputError, OutputError
+from diffvos.io.atomic import check_writable_dir, write_bytes_atomic
 
 VOID = 255  # DAVIS "void" index (object borders / ignored): background for the first mask
 

@@ -27,7 +27,13 @@ import numpy as np
 
 from diffvos.bundle import FEATURES_GRAPH, read_manifest
 from diffvos.config import MAX_FRAME_SIDE, RuntimeConfig, SessionConfig
-from diffvos.errors import BusyError, ClosedError, InputError, InvalidBufferError, NotStartedError
+from diffvos.errors import (
+    BusyError,
+    ClosedError,
+    InputError,
+    InvalidBufferError,
+    NotStartedError,
+)
 from diffvos.runtime.backends import loaders_for
 from diffvos.runtime.engine import Engine, Loader
 from diffvos.runtime.features import Features

@@ -23,6 +23,7 @@ from diffvos.errors import BackendError, BundleError, InputError
 from diffvos.runtime.engine import EngineBase, TensorMeta
 
 PROVIDER = "TensorRT (native)"
+_CONTEXTS: dict[int, Any] = {}  # id(cuda module) -> the primary context pushed for it
 
 
 def rebuild_hint(bundle: str | Path) -> str:
@@ -201,7 +202,7 @@ class TrtPlanLoader:
         if plan.sha256 and sha256_file(plan_path) != plan.sha256:
             raise BundleError("TensorRT plan is corrupted (sha256 differs from the manifest); " + rebuild_hint(bundle),
                               plan_path)
-        if not getattr(cuda, "_diffvos_context", None):  # one primary context per process
-            cuda._diffvos_context = cuda.Device(self.device).retain_primary_context()
-            cuda._diffvos_context.push()
+        if id(cuda) not in _CONTEXTS:  # one primary context per process
+            _CONTEXTS[id(cuda)] = cuda.Device(self.device).retain_primary_context()
+            _CONTEXTS[id(cuda)].push()
         return TrtEngine(plan_path.read_bytes(), trt, cuda, source=plan_path)

@@ -22,8 +22,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from diffvos.config import COLORS, CONCURRENCY, PropagationConfig, RuntimeConfig, SessionConfig
-from diffvos.runtime.capi.status import Status, last_error, message_of, set_last_error, status_of
+from diffvos.config import (
+    COLORS,
+    CONCURRENCY,
+    PropagationConfig,
+    RuntimeConfig,
+    SessionConfig,
+)
+from diffvos.runtime.capi.status import (
+    Status,
+    last_error,
+    message_of,
+    set_last_error,
+    status_of,
+)
 from diffvos.runtime.session import Runtime, Session
 
 TIMINGS = ("preprocess_ms", "vae_ms", "features_ms", "propagate_ms", "postprocess_ms", "total_ms")
@@ -194,11 +206,14 @@ def install(ffi: Any) -> None:
         out[0] = _register(ffi, Runtime(_text(bundle, ""), **kwargs), "diffvos_runtime *")
         return 0
 
-    @extern(handle_arg=Runtime)
-    def diffvos_runtime_destroy(h):
+    def _destroy(h: _Handle) -> int:
         h.obj.close()
         _forget(h)
         return 0
+
+    @extern(handle_arg=Runtime)
+    def diffvos_runtime_destroy(h):
+        return _destroy(h)
 
     @extern(handle_arg=Runtime)
     def diffvos_runtime_provider(h, out):
@@ -212,13 +227,17 @@ def install(ffi: Any) -> None:
         out[0] = h.strings.get("metadata") or _keep(ffi, h, "metadata", json.dumps(h.obj.manifest.to_dict()))
         return 0
 
-    @extern(error=ffi.NULL)
-    def diffvos_runtime_last_error(rt):
+    def _last_error(ptr: Any, kind: type, what: str) -> Any:
+        """A handle's last failure; an unknown handle gets a static message saying so."""
         try:
-            _, h = _lookup(ffi, rt, Runtime, "diffvos_runtime_last_error")
+            _, h = _lookup(ffi, ptr, kind, what)
         except _Bad as exc:
             return _static_str(ffi, str(exc))
         return _keep(ffi, h, "error", h.error)
+
+    @extern(error=ffi.NULL)
+    def diffvos_runtime_last_error(rt):
+        return _last_error(rt, Runtime, "diffvos_runtime_last_error")
 
     @extern(handle_arg=Runtime)
     def diffvos_session_create(h, width, height, options, out):
@@ -242,9 +261,7 @@ def install(ffi: Any) -> None:
 
     @extern(handle_arg=Session)
     def diffvos_session_destroy(h):
-        h.obj.close()
-        _forget(h)
-        return 0
+        return _destroy(h)
 
     def _frame(s: Session, frame: Any, frame_bytes: int, what: str) -> np.ndarray:
         return _array(ffi, frame, frame_bytes, np.uint8, (s.height, s.width, 3), "frame", what)
@@ -321,11 +338,7 @@ def install(ffi: Any) -> None:
 
     @extern(error=ffi.NULL)
     def diffvos_session_last_error(sp):
-        try:
-            _, h = _lookup(ffi, sp, Session, "diffvos_session_last_error")
-        except _Bad as exc:
-            return _static_str(ffi, str(exc))
-        return _keep(ffi, h, "error", h.error)
+        return _last_error(sp, Session, "diffvos_session_last_error")
 
 
 def _forget(handle: _Handle) -> None:
