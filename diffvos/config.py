@@ -30,6 +30,7 @@ NATIVE_TENSORRT = "trt"
 PRECISIONS = ("fp32", "fp16", "int8")  # fp16: FP16-typed graph; int8: explicit Q/DQ nodes
 COLORS = ("BGR", "RGB")  # channel order of the frames a caller passes in
 CONCURRENCY = ("serialize", "refuse")  # a second thread on one session waits, or gets BusyError
+HEAD_WEIGHTS = ("uniform", "adaptive")  # how an attention bundle's heads are combined (README)
 MAX_OBJECTS = 255  # object ids are uint8, 0 is the background
 MAX_FRAME_SIDE = 16384
 
@@ -139,6 +140,8 @@ class PropagationConfig:
                                 choices=("float16", "float32"), cli=False)
     tile: int | None = option(None, "query tile side in cells of the windowed kernel (None: measured default)",
                               minimum=1, cli=False)
+    head_weights: str = option("uniform", "attention bundles: combine the heads uniformly, or weight each by how well "
+                               "it propagates the first mask onto the first frame", choices=HEAD_WEIGHTS)
 
     def __post_init__(self) -> None:
         if isinstance(self.mag_filter, (int, float)) and not isinstance(self.mag_filter, bool):
@@ -155,6 +158,8 @@ class SessionConfig:
                               "(refuse)", choices=CONCURRENCY, cli=False)
     seed: int = option(0, "seed of the fixed noise bank", minimum=0)
     fresh_noise: bool = option(False, "draw new noise for every frame, as the paper does")
+    inversion_steps: int = option(0, "DDIM inversion steps S from x_0 to x_t instead of random noise (0: random "
+                                  "noise; needs a bundle exported with --noise-graph)", minimum=0)
     propagation: PropagationConfig = field(default_factory=PropagationConfig)
 
     def __post_init__(self) -> None:

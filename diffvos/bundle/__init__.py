@@ -4,10 +4,14 @@ Export and calibration write bundles, the runtime reads them; they meet only her
 """
 
 from diffvos.bundle.manifest import (
+    AFFINITY_KINDS,
+    DDIM,
     FEATURES_GRAPH,
     MANIFEST_NAME,
+    NOISE_GRAPH,
     SCHEMA_VERSION,
     VAE_GRAPH,
+    Affinity,
     Calibration,
     Checkpoint,
     Comparison,
@@ -26,6 +30,7 @@ from diffvos.bundle.manifest import (
 )
 
 __all__ = [
+    "AFFINITY_KINDS", "DDIM", "NOISE_GRAPH", "Affinity",
     "FEATURES_GRAPH", "MANIFEST_NAME", "SCHEMA_VERSION", "VAE_GRAPH", "Calibration", "Checkpoint", "Comparison",
     "ExportFacts", "Flops", "Fp16Conversion", "GraphEntry", "GraphFacts", "Latent", "Manifest", "Preprocess",
     "TensorRTPlan", "read_manifest", "sha256_file", "write_manifest",

@@ -10,6 +10,7 @@ Layout of a bundle::
       diffvos.json        manifest (this schema)
       features.onnx       pixel- or latent-space feature graph: x_t [E,Cin,H,W] -> features [1,C,h,w]
       vae_encoder.onnx    (Stable Diffusion only) image [1,3,H,W] in [-1,1] -> latent [1,4,H/8,W/8], scaled
+      noise_prediction.onnx  (optional, ``ddim`` section) x_t [1,Cin,H,W], timestep [1] -> eps [1,Cin,H,W]
       <graph>.plan        TensorRT engines written by ``diffvos build-engine`` (optional)
 """
 
@@ -32,6 +33,8 @@ SCHEMA_VERSION = 2  # 2: typed sections (export, tensorrt, calibration, fp16) in
 MANIFEST_NAME = "diffvos.json"
 FEATURES_GRAPH = "features"
 VAE_GRAPH = "vae_encoder"
+NOISE_GRAPH = "noise_prediction"
+AFFINITY_KINDS = ("features", "attention")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -189,6 +192,40 @@ class Fp16Conversion:
 
 
 @dataclass
+class Affinity:
+    """What the feature graph's output is, and so how the runtime builds the affinity from it.
+
+    ``features``: a feature map [1,C,h,w]; affinity exp(cos/T) (METHOD.md section 2).
+    ``attention``: the query and key projections of one self-attention layer, [1, 2*heads*head_dim,
+    h, w], all queries (head-major) then all keys; affinity softmax(q.k/sqrt(head_dim)) per head,
+    combined over heads (README, "Attention-kernel propagation").
+    """
+
+    kind: str = "features"  # one of AFFINITY_KINDS
+    heads: int = 1
+    head_dim: int | None = None  # channels per head (attention)
+    module: str | None = None  # the attention module's name in the model (attention)
+
+
+@dataclass
+class DDIM:
+    """The noise-prediction graph used for deterministic DDIM inversion instead of random noise.
+
+    ``alphas_cumprod`` is the model's whole training schedule (index = time step), so the number
+    of inversion steps can be chosen at run time; ``timestep_input`` is the graph's time-step input.
+    """
+
+    graph: str = NOISE_GRAPH
+    alphas_cumprod: list[float] = field(default_factory=list)
+    timestep_input: str = "timestep"
+    sample_input: str = "x_t"
+    output: str = "eps"
+    prediction: str = "epsilon"  # epsilon | v_prediction (the runtime converts v to eps)
+    default_steps: int = 10
+    schedule: str = ""
+
+
+@dataclass
 class Manifest:
     backbone: str  # adm | sd | mobilenetv2 | ...
     timestep: int  # diffusion time step t (0 for non-diffusion backbones)
@@ -213,6 +250,8 @@ class Manifest:
     tensorrt: dict[str, TensorRTPlan] = field(default_factory=dict)  # per graph
     calibration: Calibration | None = None
     fp16: Fp16Conversion | None = None
+    affinity: Affinity = field(default_factory=Affinity)  # absent in older bundles: a feature map
+    ddim: DDIM | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -245,7 +284,25 @@ class Manifest:
         ]:
             if precision not in PRECISIONS:
                 raise BundleError(f"manifest field {name} is {precision!r}, expected one of {', '.join(PRECISIONS)}", source)
+        _check_affinity(manifest, source)
+        if manifest.ddim is not None and manifest.ddim.graph not in manifest.graphs:
+            raise BundleError(f"manifest field ddim.graph names '{manifest.ddim.graph}', which is not a graph of the bundle",
+                              source)
         return manifest
+
+
+def _check_affinity(manifest: Manifest, source: str | Path) -> None:
+    a = manifest.affinity
+    if a.kind not in AFFINITY_KINDS:
+        raise BundleError(f"manifest field affinity.kind is {a.kind!r}, expected one of {', '.join(AFFINITY_KINDS)}",
+                          source)
+    if a.kind == "attention":
+        if a.heads < 1 or not a.head_dim or a.head_dim < 1:
+            raise BundleError(f"manifest field affinity: attention needs heads >= 1 and head_dim >= 1, got "
+                              f"heads={a.heads}, head_dim={a.head_dim}", source)
+        if manifest.channels != 2 * a.heads * a.head_dim:
+            raise BundleError(f"manifest: an attention bundle's channels ({manifest.channels}) must be 2 x heads x "
+                              f"head_dim = {2 * a.heads * a.head_dim} (queries then keys)", source)
 
 
 def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:

@@ -153,7 +153,8 @@ class TruncatedADM(nn.Module):
     def check_size(self, height: int, width: int) -> None:
         check_size(height, width, self.total_stride, "ADM")
 
-    def forward(self, x_t: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x_t: torch.Tensor, last_parts: int | None = None) -> torch.Tensor:
+        """Per-draw output [E,C,h,w] of output block L, or of its first ``last_parts`` layers only."""
         if not torch.jit.is_tracing():  # traced sizes are tensors: exporters call check_size() first
             self.check_size(int(x_t.shape[-2]), int(x_t.shape[-1]))
         skips = []
@@ -162,9 +163,14 @@ class TruncatedADM(nn.Module):
             h = block(h)
             skips.append(h)
         h = self.middle_block(h)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1))
-        return h.mean(dim=0, keepdim=True)
+        for i, block in enumerate(self.output_blocks):
+            h = torch.cat([h, skips.pop()], dim=1)
+            last = i == len(self.output_blocks) - 1 and last_parts is not None
+            h = block[:last_parts](h) if last else block(h)
+        return h
+
+    def forward(self, x_t: torch.Tensor) -> torch.Tensor:
+        return self.hidden(x_t).mean(dim=0, keepdim=True)
 
 
 def count_parameters(module: nn.Module) -> int:

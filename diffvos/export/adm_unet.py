@@ -151,15 +151,26 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def head_dim(self) -> int:
+        return self.channels // self.num_heads
+
+    def heads_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head query, key and value projections of x [B,C,H,W], each [B*heads, head_dim, H*W]."""
         b, c, heads = x.shape[0], self.channels, self.num_heads  # static sizes: no traced arithmetic
         ch = c // heads
-        flat = x.reshape(b, c, -1)
-        qkv = self.qkv(self.norm(flat))
+        qkv = self.qkv(self.norm(x.reshape(b, c, -1)))
         if self.legacy_order:
             q, k, v = qkv.reshape(b * heads, 3 * ch, -1).split(ch, dim=1)
         else:
             q, k, v = (t.reshape(b * heads, ch, -1) for t in qkv.chunk(3, dim=1))
+        return q, k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[0], self.channels
+        ch = self.head_dim
+        flat = x.reshape(b, c, -1)
+        q, k, v = self.heads_qkv(x)
         scale = 1.0 / math.sqrt(math.sqrt(ch))  # split between q and k for fp16 headroom, as upstream
         weight = torch.matmul((q * scale).transpose(1, 2), k * scale)  # [bh, T, T]
         weight = torch.softmax(weight, dim=-1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffvos.bundle import Checkpoint, Flops, Latent, Preprocess, sha256_file
+from diffvos.bundle import DDIM, NOISE_GRAPH, Affinity, Checkpoint, Flops, Latent, Preprocess, sha256_file
 from diffvos.bundle.sizes import check_size
 from diffvos.config import EXPORT_DEFAULTS
 from diffvos.errors import ExportError
@@ -39,10 +39,27 @@ def _dynamic(dynamic: bool) -> dict[str, dict[int, str]] | None:
     return feature_dynamic_axes("x_t", "features") if dynamic else None
 
 
+def _noise_graph(module: Any, x_t: Any, timestep: int, dynamic: bool, alphas: Any, schedule: str,
+                 prediction: str = "epsilon") -> tuple[GraphSpec, DDIM]:
+    """The noise-prediction graph for DDIM inversion and its manifest section."""
+    from diffvos.export.ddim import NOISE_INPUTS, NOISE_OUTPUT, example_inputs, noise_dynamic_axes
+
+    spec = GraphSpec(NOISE_GRAPH, module.eval(), example_inputs(x_t, timestep), NOISE_INPUTS, NOISE_OUTPUT,
+                     noise_dynamic_axes(dynamic))
+    section = DDIM(graph=NOISE_GRAPH, alphas_cumprod=[float(a) for a in alphas], sample_input=NOISE_INPUTS[0],
+                   timestep_input=NOISE_INPUTS[1], output=NOISE_OUTPUT, prediction=prediction, schedule=schedule)
+    return spec, section
+
+
 def prepare_adm(checkpoint: str | Path, *, model_config: str | Path | None = None, timestep: int = ADM.timestep,
                 layer: int = ADM.layer, ensemble: int = ADM.ensemble, height: int = ADM.height,
-                width: int = ADM.width, dynamic: bool = False) -> PreparedBackbone:
-    """ADM (guided-diffusion) from a checkpoint file or alias, truncated after output block ``layer``."""
+                width: int = ADM.width, dynamic: bool = False, attention: bool = False,
+                noise_graph: bool = False) -> PreparedBackbone:
+    """ADM (guided-diffusion) from a checkpoint file or alias, truncated after output block ``layer``.
+
+    ``attention``: the graph returns the query/key projections of the self-attention in output
+    block ``layer`` instead of the block's output; ``noise_graph``: the bundle also holds
+    eps_theta(x_t, t) for DDIM inversion."""
     import torch
 
     from diffvos.bundle.schedules import linear_alphas_cumprod
@@ -62,24 +79,44 @@ def prepare_adm(checkpoint: str | Path, *, model_config: str | Path | None = Non
         raise ExportError(f"time step {timestep} is out of range 0..{len(alphas) - 1}")
     if ensemble < 1:
         raise ExportError(f"ensemble size must be >= 1, got {ensemble}")
+    affinity, stride, channels = Affinity(), table[layer]["stride"], table[layer]["channels"]
+    if attention:
+        from diffvos.export.attention import TruncatedADMAttention, adm_attention_table, attention_row
+
+        row = attention_row(adm_attention_table(skeleton, height, width), layer, "ADM")
+        affinity = Affinity(kind="attention", heads=row["heads"], head_dim=row["head_dim"], module=row["module"])
+        stride, channels = row["stride"], 2 * row["heads"] * row["head_dim"]
+        graph_module = TruncatedADMAttention
+    else:
+        graph_module = TruncatedADM
     path = resolve_checkpoint(checkpoint)
     model = load_adm(path, config)
-    truncated = TruncatedADM(model, timestep, layer).eval()
+    truncated = graph_module(model, timestep, layer).eval()
     alpha_bar = float(alphas[timestep])
     with torch.device("meta"):
         x = torch.empty(1, 3, height, width)
         flops = Flops(full=count_flops(skeleton, x, torch.tensor([timestep])),
-                      truncated=count_flops(TruncatedADM(skeleton, timestep, layer), x),
+                      truncated=count_flops(graph_module(skeleton, timestep, layer), x),
                       per="one noise draw", height=height, width=width)
+    example = _example_input(ensemble, 3, height, width, alpha_bar)
+    graphs = [GraphSpec("features", truncated, example, "x_t", "features", _dynamic(dynamic))]
+    ddim = None
+    if noise_graph:
+        from diffvos.export.ddim import ADMNoisePrediction
+
+        spec, ddim = _noise_graph(ADMNoisePrediction(model), example, timestep, dynamic, alphas,
+                                  "linear 1e-4..0.02, 1000 steps")
+        graphs.append(spec)
     return PreparedBackbone(
         backbone="adm",
-        graphs=[GraphSpec("features", truncated, _example_input(ensemble, 3, height, width, alpha_bar),
-                          "x_t", "features", _dynamic(dynamic))],
+        graphs=graphs,
         timestep=timestep,
         alpha_bar=alpha_bar,
         layer=layer,
-        stride=table[layer]["stride"],
-        channels=table[layer]["channels"],
+        stride=stride,
+        channels=channels,
+        affinity=affinity,
+        ddim=ddim,
         ensemble=ensemble,
         height=height,
         width=width,
@@ -130,8 +167,14 @@ def prepare_mobilenetv2(weights: str | Path | None = None, *, layer: int = MOBIL
 
 def prepare_sd(model: str | Path, *, timestep: int = SD.timestep, layer: int = SD.layer,
                ensemble: int = SD.ensemble, height: int = SD.height, width: int = SD.width,
-               dynamic: bool = False) -> PreparedBackbone:
-    """Stable Diffusion: VAE encoder graph (image -> scaled latent) + truncated U-Net graph."""
+               dynamic: bool = False, attention: bool = False, noise_graph: bool = False,
+               prompt_embeds: str | Path | None = None) -> PreparedBackbone:
+    """Stable Diffusion: VAE encoder graph (image -> scaled latent) + truncated U-Net graph.
+
+    ``attention``: the U-Net graph returns the query/key projections of attn1 after up-resnet
+    ``layer``; ``noise_graph``: the bundle also holds the U-Net's noise prediction for DDIM
+    inversion; ``prompt_embeds``: a [1, tokens, dim] .npy/.pt file folded instead of the empty
+    prompt (e.g. from ``diffvos prompt-learn``)."""
     import torch
 
     from diffvos.export.flops import count_flops
@@ -144,13 +187,23 @@ def prepare_sd(model: str | Path, *, timestep: int = SD.timestep, layer: int = S
 
     if ensemble < 1:
         raise ExportError(f"ensemble size must be >= 1, got {ensemble}")
-    c = load_sd(model)
+    c = load_sd(model, prompt_embeds=prompt_embeds)
     f = c.vae_factor
     check_size(height, width, f, "Stable Diffusion", "the VAE factor")
     table = c.layer_table(height, width)
     check_sd_layer(layer, table)
     alpha_bar = c.alpha_bar(timestep)
-    unet = TruncatedSDUNet(c.unet, timestep, layer, c.prompt_embeds, f).eval()
+    row = table[layer]
+    affinity = Affinity()
+    if attention:
+        from diffvos.export.attention import TruncatedSDAttention, attention_row, sd_attention_table
+
+        arow = attention_row(sd_attention_table(c.unet, -(-height // f), -(-width // f), f), layer, "SD")
+        affinity = Affinity(kind="attention", heads=arow["heads"], head_dim=arow["head_dim"], module=arow["module"])
+        row = {**row, "channels": 2 * arow["heads"] * arow["head_dim"]}
+        unet = TruncatedSDAttention(c.unet, timestep, layer, c.prompt_embeds, f).eval()
+    else:
+        unet = TruncatedSDUNet(c.unet, timestep, layer, c.prompt_embeds, f).eval()
     vae = VAEEncoderGraph(c.vae, "mean").eval()
     image = _example_input(1, 3, height, width, 1.0).clamp(-1, 1)
     x_t = _example_input(ensemble, c.latent_channels, height // f, width // f, alpha_bar)
@@ -165,13 +218,26 @@ def prepare_sd(model: str | Path, *, timestep: int = SD.timestep, layer: int = S
         if unet_files:
             checkpoint.sha256 = sha256_file(unet_files[0])
             checkpoint.weights_file = f"unet/{unet_files[0].name}"
-    row = table[layer]
+    graphs = [
+        GraphSpec("vae_encoder", vae, image, "image", "latent", dyn_image if dynamic else None),
+        GraphSpec("features", unet, x_t, "x_t", "features", _dynamic(dynamic)),
+    ]
+    ddim = None
+    if noise_graph:
+        from diffvos.export.ddim import SDNoisePrediction, prediction_type
+        from diffvos.export.sd import alphas_cumprod
+
+        cfg = c.scheduler_config
+        spec, ddim = _noise_graph(SDNoisePrediction(c.unet, c.prompt_embeds), x_t, timestep, dynamic,
+                                  alphas_cumprod(cfg), f"{cfg.get('beta_schedule', 'linear')} "
+                                  f"{cfg.get('beta_start')}..{cfg.get('beta_end')}, {len(alphas_cumprod(cfg))} steps",
+                                  prediction_type(cfg))
+        graphs.append(spec)
     return PreparedBackbone(
         backbone="sd",
-        graphs=[
-            GraphSpec("vae_encoder", vae, image, "image", "latent", dyn_image if dynamic else None),
-            GraphSpec("features", unet, x_t, "x_t", "features", _dynamic(dynamic)),
-        ],
+        graphs=graphs,
+        affinity=affinity,
+        ddim=ddim,
         timestep=timestep,
         alpha_bar=alpha_bar,
         layer=layer,

@@ -31,6 +31,13 @@ def _common(p: argparse.ArgumentParser, backbone: str) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
     p.add_argument("--precision", choices=PRECISIONS[:2], default=PRECISIONS[0],
                    help="fp16: an FP16-typed graph (normalisation and softmax kept in float32) for TensorRT")
+    if d.timestep is not None:  # diffusion models: attention-kernel and DDIM-inversion bundles
+        p.add_argument("--attention", action="store_true",
+                       help="export the query/key projections of the self-attention in decoder layer --layer "
+                       "(the attention kernel as the affinity) instead of the layer's output")
+        p.add_argument("--noise-graph", action="store_true",
+                       help="also export the noise-prediction graph eps(x_t, t), for DDIM inversion "
+                       "(track/segment --inversion-steps S)")
 
 
 def register(sub: Subcommands) -> None:
@@ -65,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     size = {"layer": args.layer, "height": args.height, "width": args.width, "dynamic": args.dynamic}
+    if args.backbone in ("adm", "sd"):
+        size.update(attention=args.attention, noise_graph=args.noise_graph)
     if args.backbone == "adm":
         prepared = backbones.prepare_adm(args.checkpoint, model_config=args.model_config, timestep=args.timestep,
                                          ensemble=args.ensemble, **size)
@@ -97,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
     if flops.truncated:
         ratio = f" ({flops.truncated / flops.full:.0%} of the full forward's {_flops(flops.full)})" if flops.full else ""
         print(f"FLOPs per noise draw: truncated {_flops(flops.truncated)}{ratio}")
+    extra = ""
+    if manifest.affinity.kind == "attention":
+        extra += f", attention {manifest.affinity.module} ({manifest.affinity.heads} heads x {manifest.affinity.head_dim})"
+    if manifest.ddim is not None:
+        extra += f", noise-prediction graph '{manifest.ddim.graph}'"
     print(
         f"bundle written to {args.output}: {manifest.backbone}, layer {manifest.layer}, stride {manifest.stride}, "
-        f"{manifest.channels} channels, E={manifest.ensemble}, t={manifest.timestep} "
+        f"{manifest.channels} channels, E={manifest.ensemble}, t={manifest.timestep}{extra} "
         f"({time.perf_counter() - t0:.1f} s)"
     )
     return 0

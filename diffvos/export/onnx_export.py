@@ -18,6 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from diffvos.bundle import (
+    DDIM,
+    Affinity,
     Checkpoint,
     Comparison,
     ExportFacts,
@@ -45,12 +47,20 @@ DEFAULT_TOLERANCE = {"max_rel_error": 1e-3, "min_cosine": 0.9999}
 class GraphSpec:
     """One torch module to export as one ONNX graph."""
 
-    name: str  # manifest key: "features" or "vae_encoder"
+    name: str  # manifest key: "features", "vae_encoder" or "noise_prediction"
     module: Any  # torch.nn.Module
-    example: Any  # torch.Tensor, the example (and verification) input
-    input_name: str
+    example: Any  # torch.Tensor, the example (and verification) input; a tuple for several inputs
+    input_name: str | tuple[str, ...]
     output_name: str
     dynamic_axes: dict[str, dict[int, str]] | None = None
+
+    @property
+    def examples(self) -> tuple[Any, ...]:
+        return self.example if isinstance(self.example, tuple) else (self.example,)
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.input_name) if isinstance(self.input_name, tuple) else [self.input_name]
 
 
 @dataclass
@@ -72,6 +82,8 @@ class PreparedBackbone:
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     flops: Flops = field(default_factory=Flops)
     note: str | None = None
+    affinity: Affinity = field(default_factory=Affinity)
+    ddim: DDIM | None = None
 
 
 def versions() -> dict[str, str]:
@@ -104,9 +116,9 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_foldi
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(
             spec.module,
-            (spec.example,),
+            spec.examples,
             str(path),
-            input_names=[spec.input_name],
+            input_names=spec.input_names,
             output_names=[spec.output_name],
             dynamic_axes=spec.dynamic_axes,
             opset_version=opset,
@@ -138,15 +150,16 @@ def verify_graph(spec: GraphSpec, path: Path, tolerance: dict[str, float]) -> Co
     import torch
 
     with torch.no_grad():
-        expected = spec.module(spec.example).detach().cpu().numpy()
+        expected = spec.module(*spec.examples).detach().cpu().numpy()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    got = session.run([spec.output_name], {spec.input_name: spec.example.detach().cpu().numpy()})[0]
+    feed = {name: x.detach().cpu().numpy() for name, x in zip(spec.input_names, spec.examples)}
+    got = session.run([spec.output_name], feed)[0]
     if got.shape != expected.shape:
         raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}", path)
     result = compare(expected, got)
-    result.tolerance, result.input_shape, result.provider = dict(tolerance), list(spec.example.shape), "CPUExecutionProvider"
+    result.tolerance, result.input_shape, result.provider = dict(tolerance), list(spec.examples[0].shape), "CPUExecutionProvider"
     if not (result.max_rel_error <= tolerance["max_rel_error"] and result.cosine >= tolerance["min_cosine"]):
         raise ExportError(
             f"graph '{spec.name}' disagrees with PyTorch beyond tolerance: max abs error "
@@ -180,7 +193,7 @@ def write_bundle(
             file = f"{spec.name}.onnx"
             path = stage / file
             t0 = time.perf_counter()
-            log(f"exporting graph '{spec.name}' (input {list(spec.example.shape)}) ...")
+            log(f"exporting graph '{spec.name}' (input {list(spec.examples[0].shape)}) ...")
             facts = export_graph(spec, path, opset=opset)
             facts.export_seconds = round(time.perf_counter() - t0, 3)
             graph_facts[spec.name] = facts
@@ -223,6 +236,8 @@ def write_bundle(
             versions=versions(),
             export=ExportFacts(height=prepared.height, width=prepared.width, graphs=graph_facts,
                                verification=verification, note=prepared.note),
+            affinity=prepared.affinity,
+            ddim=prepared.ddim,
         )
         write_manifest(stage, manifest)
     return manifest

@@ -188,6 +188,10 @@ class TruncatedSDUNet(nn.Module):
             self.up = nn.ModuleList(up)
 
     def forward(self, x_t: torch.Tensor) -> torch.Tensor:
+        return self.hidden(x_t).mean(dim=0, keepdim=True)
+
+    def hidden(self, x_t: torch.Tensor) -> torch.Tensor:
+        """Per-draw output [E,C,h',w'] of up-resnet L."""
         ctx = self.context.expand(x_t.shape[0], -1, -1)
         h = self.conv_in(x_t)
         skips = [h]
@@ -210,7 +214,7 @@ class TruncatedSDUNet(nn.Module):
                     h = _attend(stage.attentions[k], h, ctx)
             if stage.resampler is not None:
                 h = _upsample(stage.resampler, h, skips[-1].shape[-2:])
-        return h.mean(dim=0, keepdim=True)
+        return h
 
 
 class VAEEncoderGraph(nn.Module):

@@ -14,16 +14,22 @@ import numpy as np
 
 from diffvos.bundle import FEATURES_GRAPH, VAE_GRAPH, Manifest
 from diffvos.bundle.sizes import input_size
+from diffvos.errors import InputError
+from diffvos.runtime.ddim import DDIMInverter
 from diffvos.runtime.engine import Engine, single_input
 from diffvos.runtime.noise import NoiseInjector
 from diffvos.runtime.preprocess import to_model_input
 
 
 class Features:
-    """One stream's feature extraction over shared engines (not thread-safe: one per stream)."""
+    """One stream's feature extraction over shared engines (not thread-safe: one per stream).
+
+    ``inversion_steps`` > 0 replaces the random noise by DDIM inversion of x_0 in that many
+    steps (:mod:`diffvos.runtime.ddim`; the bundle needs its noise-prediction graph); the E
+    draws of the graph's batch are then the same x_t."""
 
     def __init__(self, manifest: Manifest, engines: Mapping[str, Engine], seed: int = 0,
-                 fresh_noise: bool = False) -> None:
+                 fresh_noise: bool = False, inversion_steps: int = 0) -> None:
         self.manifest = manifest
         self.engine = engines[FEATURES_GRAPH]
         self.vae = engines.get(VAE_GRAPH)
@@ -31,6 +37,13 @@ class Features:
         self._input = single_input(self.engine).name
         self._output = self.engine.outputs[0].name
         self._noise: dict[tuple[int, ...], NoiseInjector] = {}
+        self.inverter: DDIMInverter | None = None
+        if inversion_steps:
+            if manifest.ddim is None or manifest.ddim.graph not in engines:
+                raise InputError(f"inversion_steps={inversion_steps} needs a bundle with a noise-prediction graph "
+                                 "(export it with --noise-graph)")
+            self.inverter = DDIMInverter(engines[manifest.ddim.graph], manifest.ddim, manifest.timestep,
+                                         inversion_steps)
         self._x0: dict[tuple[int, int], np.ndarray] = {}
         self.timings: dict[str, float] = {}
 
@@ -58,6 +71,11 @@ class Features:
         if self.vae is not None:
             x0 = next(iter(self.vae.infer({single_input(self.vae).name: x0[None]}).values()))[0]
         t2 = time.perf_counter()
+        if self.inverter is not None:
+            x_t = self.inverter(x0)
+            self.timings = {"preprocess_ms": (t1 - t0) * 1e3, "vae_ms": (t2 - t1) * 1e3,
+                            "inversion_ms": self.inverter.last_ms}
+            return {self._input: np.ascontiguousarray(np.broadcast_to(x_t, (m.ensemble, *x_t.shape[1:])))}
         injector = self._noise.get(x0.shape)
         if injector is None:
             injector = self._noise[x0.shape] = NoiseInjector(m.alpha_bar, m.ensemble, x0.shape, seed=self.seed,

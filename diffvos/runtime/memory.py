@@ -19,6 +19,15 @@ from diffvos.errors import InputError
 _EPS = 1e-12  # as torch.nn.functional.normalize
 
 
+def to_hwc_into(features_chw: np.ndarray, out_hwc: np.ndarray, normalise: bool = True) -> None:
+    """Write ``features`` (C, h, w) into ``out`` (h, w, C): L2-normalised along C, or as they are
+    (raw query/key projections of an attention bundle, whose dot product is the attention logit)."""
+    if normalise:
+        l2_normalise_into(features_chw, out_hwc)
+    else:
+        out_hwc.reshape(-1, features_chw.shape[0])[...] = features_chw.reshape(features_chw.shape[0], -1).T
+
+
 def l2_normalise_into(features_chw: np.ndarray, out_hwc: np.ndarray) -> None:
     """Write ``features`` (C, h, w) L2-normalised along C into ``out`` (h, w, C), any float dtype."""
     c = features_chw.shape[0]
@@ -39,10 +48,12 @@ class MemoryBank:
         num_classes: int,
         capacity: int = 28,
         feature_dtype: type = np.float16,
+        normalise: bool = True,
     ) -> None:
         if min(h, w, channels, num_classes) < 1 or capacity < 0:
             raise InputError(f"memory bank: bad shape h={h} w={w} C={channels} classes={num_classes} N={capacity}")
         self.h, self.w, self.channels, self.capacity = h, w, channels, capacity
+        self.normalise = normalise  # False: features are stored as given (attention keys)
         self.feature_dtype = np.dtype(feature_dtype)
         if self.feature_dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
             raise InputError(f"memory bank: feature_dtype must be float16 or float32, not {self.feature_dtype}")
@@ -82,7 +93,7 @@ class MemoryBank:
             self.features[slot] = features
         else:
             self._check(features, mask)
-            l2_normalise_into(features, self.features[slot])
+            to_hwc_into(features, self.features[slot], self.normalise)
         self.masks[slot] = np.moveaxis(mask, 0, -1)
 
     def set_first(self, features: np.ndarray, mask: np.ndarray) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from diffvos.config import PropagationConfig
 from diffvos.errors import InputError
-from diffvos.runtime.memory import MemoryBank, l2_normalise_into
+from diffvos.runtime.memory import MemoryBank, to_hwc_into
 
 _DENSE_SCORE_BUDGET = 32 << 20  # bytes of scores per tile when there is no window
 
@@ -86,18 +86,27 @@ class _Tile:
 
 
 class Propagator:
-    """Owns the memory bank and scratch; ``start`` with the first frame, then ``step`` per frame."""
+    """Owns the memory bank and scratch; ``start`` with the first frame, then ``step`` per frame.
+
+    ``normalise=False`` takes the features as they are (no L2 normalisation): with ``keys`` given
+    to :meth:`predict`/:meth:`step` the score is then the raw dot product of a query projection
+    with the remembered key projections, i.e. one attention head (:mod:`diffvos.runtime.attention`).
+    """
 
     def __init__(
-        self, channels: int, h: int, w: int, num_classes: int, config: PropagationConfig | None = None
+        self, channels: int, h: int, w: int, num_classes: int, config: PropagationConfig | None = None,
+        *, normalise: bool = True,
     ) -> None:
         self.channels, self.h, self.w, self.num_classes = channels, h, w, num_classes
         self.config = cfg = config or PropagationConfig()
+        self.normalise = normalise
         self.mag_filter = parse_mag_filter(cfg.mag_filter)
         self.bank = MemoryBank(
-            self.h, self.w, self.channels, self.num_classes, cfg.memory, np.dtype(cfg.feature_dtype).type
+            self.h, self.w, self.channels, self.num_classes, cfg.memory, np.dtype(cfg.feature_dtype).type, normalise
         )
         self.query = np.empty((self.h, self.w, self.channels), np.float32)
+        self.keys: np.ndarray | None = None  # (h, w, C) keys remembered instead of the query, when given
+        self._remember_keys = False
         self.last_threshold: float | None = None  # MAG-Filter threshold of the last step
         self._build_tiles()
 
@@ -156,28 +165,37 @@ class Propagator:
         _check_finite(features, "first frame features")
         self.bank.set_first(features, onehot.astype(np.float32, copy=False))
 
-    def step(self, features: np.ndarray) -> np.ndarray:
+    def step(self, features: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
         """Soft mask (K+1, h, w) float32 of a new frame (C, h, w); the frame then enters the FIFO."""
-        soft = self.predict(features)
+        soft = self.predict(features, keys)
         self.remember(soft)
         return soft
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
+    def predict(self, features: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
         """Soft mask (K+1, h, w) of a new frame (C, h, w) from the memory, without remembering it:
-        :meth:`remember` stores it with the mask the caller settles on (objects added mid-video)."""
+        :meth:`remember` stores it with the mask the caller settles on (objects added mid-video).
+        ``keys`` (C, h, w): what the frame is remembered by, when it differs from its queries."""
         if len(self.bank) == 0:
             raise InputError("Propagator.predict() before start()")
-        if features.shape != (self.channels, self.h, self.w):
-            raise InputError(f"features are {features.shape}, expected {(self.channels, self.h, self.w)}")
+        for name, a in (("features", features), ("keys", keys)):
+            if a is not None and a.shape != (self.channels, self.h, self.w):
+                raise InputError(f"{name} are {a.shape}, expected {(self.channels, self.h, self.w)}")
         _check_finite(features, "frame features")
-        l2_normalise_into(features, self.query)
+        to_hwc_into(features, self.query, self.normalise)
+        if keys is not None:
+            _check_finite(keys, "frame keys")
+            if self.keys is None:
+                self.keys = np.empty_like(self.query)
+            to_hwc_into(keys, self.keys, self.normalise)
+        self._remember_keys = keys is not None
         qids, vals, cells = self._candidates(self.bank.context_slots())
         soft_hwk = self._aggregate(qids, vals, cells)
         return np.ascontiguousarray(np.moveaxis(soft_hwk, -1, 0)).reshape(-1, self.h, self.w)
 
     def remember(self, mask: np.ndarray) -> None:
-        """Push the last predicted frame's features into the FIFO with ``mask`` (K+1, h, w)."""
-        self.bank.push(self.query, mask, normalised_hwc=True)
+        """Push the last predicted frame's features (or keys) into the FIFO with ``mask`` (K+1, h, w)."""
+        stored = self.keys if self._remember_keys else self.query
+        self.bank.push(stored, mask, normalised_hwc=True)
 
     def add_objects(self, n: int = 1) -> None:
         """New object channels (zero in all stored frames, see ``MemoryBank.add_objects``)."""

@@ -39,6 +39,7 @@ from diffvos.runtime.engine import Engine, Loader
 from diffvos.runtime.features import Features
 from diffvos.runtime.objects import ObjectManager
 from diffvos.runtime.postprocess import labels_to_onehot, soft_to_labels
+from diffvos.runtime.attention import AttentionPropagator, propagator_for
 from diffvos.runtime.propagation import Propagator
 
 
@@ -135,11 +136,12 @@ class Session:
                 raise InputError(f"{name} must be an integer in 1..{MAX_FRAME_SIDE}, got {v!r}")
         self.config = config or SessionConfig()
         self.width, self.height = int(width), int(height)
-        self.features = Features(runtime.manifest, runtime.engines, self.config.seed, self.config.fresh_noise)
+        self.features = Features(runtime.manifest, runtime.engines, self.config.seed, self.config.fresh_noise,
+                                 self.config.inversion_steps)
         self.grid = self.features.grid_size((self.height, self.width))  # a dynamic bundle's range -> InputError
         self.scaled = self.features.input_size((self.height, self.width))
         self.objects = ObjectManager()
-        self.propagator: Propagator | None = None
+        self.propagator: Propagator | AttentionPropagator | None = None
         self.timings: dict[str, float] = {}
         self.frames = 0
         self.closed = False
@@ -199,7 +201,8 @@ class Session:
         channels = self.objects.channels(mask, new)
         c, h, w = feats.shape
         onehot = labels_to_onehot(channels, (h, w), len(new) + 1)
-        self.propagator = Propagator(c, h, w, len(new) + 1, self.config.propagation)
+        self.propagator = propagator_for(self.features.manifest.affinity, c, h, w, len(new) + 1,
+                                         self.config.propagation)
         self.propagator.start(feats, onehot)
         self.objects.add(new)
         self.frames = 0
