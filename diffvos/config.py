@@ -199,6 +199,31 @@ class RuntimeConfig:
         validate(self)
 
 
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Zero-shot video semantic segmentation (``diffvos segment``; README, "Video semantic segmentation")."""
+
+    segments: int = option(0, "segments K of the first frame's K-means (0: chosen by the silhouette rule)",
+                           minimum=0)
+    max_segments: int = option(8, "largest K the silhouette rule tries (from 2)", minimum=2)
+    knn: int = option(10, "neighbours the scene-context model votes with", minimum=1)
+    knn_temperature: float = option(0.1, "vote weight exp(cos/T) of a neighbour", minimum=0, exclusive=True)
+    anchor_vectors: int = option(1024, "first-frame (feature, segment) pairs the context model keeps for the "
+                                 "whole video", minimum=1)
+    frame_vectors: int = option(512, "pairs each later frame adds to the context model (class-balanced sample "
+                                "of its own prediction)", minimum=1)
+    context_frames: int = option(4, "recent frames whose pairs the context model keeps (FIFO)", minimum=0)
+    refine_weight: float = option(0.5, "weight of the temporal-correspondence aggregate against the context "
+                                  "model's prediction (0: no refinement)", minimum=0)
+    kmeans_iterations: int = option(50, "Lloyd iterations of the first frame's K-means", minimum=1, cli=False)
+    silhouette_sample: int = option(2000, "positions the silhouette rule scores", minimum=10, cli=False)
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.refine_weight > 1:
+            raise InputError(f"refine_weight must be at most 1, got {self.refine_weight!r}")
+
+
 # --- the command line, generated from the fields -------------------------------------------------
 
 

@@ -33,6 +33,10 @@ def register(sub: Subcommands) -> None:
                    help="write the global results to OUT and the per-object results to "
                    "<OUT stem>.per-sequence.csv beside it")
     p.add_argument("--resolution", default="480p", help="annotation resolution folder (default 480p)")
+    p.add_argument("--mode", choices=("vos", "segments"), default="vos",
+                   help="vos: semi-supervised J&F of tracked objects (default); segments: unsupervised segments "
+                   "from 'diffvos segment', Hungarian-matched to the objects per video, every frame scored "
+                   "(J of the matched segment, video IoU, temporal flip rate)")
     p.add_argument("--exclude-void", action="store_true",
                    help="leave ground-truth void pixels (255) out of both masks; the benchmark's code "
                    "counts them as background, which is the default")
@@ -50,6 +54,17 @@ def register(sub: Subcommands) -> None:
 
     add_session_options(q)
     q.set_defaults(func=run_quality)
+    g = kinds.add_parser("segments", help="segment every sequence of a DAVIS root with no mask (diffvos segment); "
+                         "print matched J, video IoU, flip rate and frames/s")
+    g.add_argument("--bundle", required=True, help="bundle directory (a feature bundle)")
+    g.add_argument("--davis", required=True, help="DAVIS root (JPEGImages/480p, Annotations/480p)")
+    g.add_argument("--sequences", nargs="+", metavar="SEQ", help="default: every sequence")
+    g.add_argument("--output", default="diffvos-segments", help="where the predicted segments go")
+    g.add_argument("--no-progress", action="store_true")
+    from diffvos.runtime.segment_cli import add_segment_options
+
+    add_segment_options(g)
+    g.set_defaults(func=run_segments_bench)
     from diffvos.evaluation.benchmarks import register as register_benchmarks
 
     register_benchmarks(kinds)
@@ -66,6 +81,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.csv:  # fail before a long evaluation, not after it
         check_writable_dir(Path(args.csv).absolute().parent)
+    if args.mode == "segments":
+        from diffvos.evaluation.segments import evaluate_segments, format_segments, segments_csv
+
+        seg_report = evaluate_segments(args.predictions, args.annotations, args.sequences, args.resolution)
+        print(format_segments(seg_report))
+        if args.csv:
+            write_text_atomic(Path(args.csv), segments_csv(seg_report))
+            print(f"\nwrote {args.csv}")
+        return 0
     report = evaluate_davis(args.predictions, args.annotations, args.sequences,
                             exclude_void=args.exclude_void, resolution=args.resolution)
     print(format_report(report))
@@ -87,4 +111,16 @@ def run_quality(args: argparse.Namespace) -> int:
     report, runs = track_davis(open_runtime(args.bundle, args), args.davis, args.output, args.sequences, config=config,
                                progress=not args.no_progress)
     print(format_quality(report, runs, f"bundle {args.bundle}, mag-filter {args.mag_filter}"))
+    return 0
+
+
+def run_segments_bench(args: argparse.Namespace) -> int:
+    from diffvos.evaluation.segments import format_segments, segment_davis
+    from diffvos.runtime.cli import open_runtime
+    from diffvos.runtime.segment_cli import configs_from_args
+
+    segment, session = configs_from_args(args)
+    report, runs = segment_davis(open_runtime(args.bundle, args), args.davis, args.output, args.sequences,
+                                 segment=segment, session=session, progress=not args.no_progress)
+    print(format_segments(report, runs))
     return 0
