@@ -45,22 +45,14 @@ def register(sub: Subcommands) -> None:
     b = sub.add_parser("bench", help="benchmarks that print figures (quality on real video, ...)")
     kinds = b.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     q = kinds.add_parser("quality", help="track every sequence of a DAVIS root with a bundle; print J&F and frames/s")
-    q.add_argument("--bundle", required=True, help="bundle directory")
-    q.add_argument("--davis", required=True, help="DAVIS root (JPEGImages/480p, Annotations/480p)")
-    q.add_argument("--sequences", nargs="+", metavar="SEQ", help="default: every sequence")
-    q.add_argument("--output", default="diffvos-quality", help="where the predicted masks go")
-    q.add_argument("--no-progress", action="store_true")
+    _davis_run_options(q, "diffvos-quality", "where the predicted masks go")
     from diffvos.config import add_session_options
 
     add_session_options(q)
     q.set_defaults(func=run_quality)
     g = kinds.add_parser("segments", help="segment every sequence of a DAVIS root with no mask (diffvos segment); "
                          "print matched J, video IoU, flip rate and frames/s")
-    g.add_argument("--bundle", required=True, help="bundle directory (a feature bundle)")
-    g.add_argument("--davis", required=True, help="DAVIS root (JPEGImages/480p, Annotations/480p)")
-    g.add_argument("--sequences", nargs="+", metavar="SEQ", help="default: every sequence")
-    g.add_argument("--output", default="diffvos-segments", help="where the predicted segments go")
-    g.add_argument("--no-progress", action="store_true")
+    _davis_run_options(g, "diffvos-segments", "where the predicted segments go")
     from diffvos.runtime.segment_cli import add_segment_options
 
     add_segment_options(g)
@@ -68,6 +60,15 @@ def register(sub: Subcommands) -> None:
     from diffvos.evaluation.benchmarks import register as register_benchmarks
 
     register_benchmarks(kinds)
+
+
+def _davis_run_options(p: argparse.ArgumentParser, output: str, what: str) -> None:
+    """The options of a benchmark that runs a bundle over every sequence of a DAVIS root."""
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    p.add_argument("--davis", required=True, help="DAVIS root (JPEGImages/480p, Annotations/480p)")
+    p.add_argument("--sequences", nargs="+", metavar="SEQ", help="default: every sequence")
+    p.add_argument("--output", default=output, help=what)
+    p.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:

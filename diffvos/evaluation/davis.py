@@ -305,6 +305,19 @@ def annotations_dir(root: str | Path, resolution: str = "480p") -> Path:
     return path
 
 
+def prediction_sequences(predictions: str | Path, sequences: Sequence[str] | None) -> tuple[Path, list[str]]:
+    """The predictions folder and the sequences to score: ``sequences``, or every sequence folder
+    in it (sorted by name); an InputError when the folder or its sequences are missing."""
+    pred_root = Path(predictions)
+    if not pred_root.is_dir():
+        raise InputError("predictions folder not found", pred_root)
+    if sequences is None:
+        sequences = sorted(p.name for p in pred_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not sequences:
+            raise InputError("no sequence folders in the predictions folder", pred_root)
+    return pred_root, list(sequences)
+
+
 def evaluate_davis(
     predictions: str | Path,
     annotations: str | Path,
@@ -317,14 +330,8 @@ def evaluate_davis(
     ``sequences`` defaults to every sequence folder in ``predictions`` (sorted by name); each must
     exist in the annotations.
     """
-    pred_root = Path(predictions)
-    if not pred_root.is_dir():
-        raise InputError("predictions folder not found", pred_root)
+    pred_root, sequences = prediction_sequences(predictions, sequences)
     gt_root = annotations_dir(annotations, resolution)
-    if sequences is None:
-        sequences = sorted(p.name for p in pred_root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not sequences:
-            raise InputError("no sequence folders in the predictions folder", pred_root)
     report = Report()
     for seq in sequences:
         gt_dir = gt_root / seq

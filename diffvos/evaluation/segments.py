@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from diffvos.errors import InputError
-from diffvos.evaluation.davis import VOID_LABEL, annotations_dir, jaccard, read_mask
+from diffvos.evaluation.davis import VOID_LABEL, annotations_dir, jaccard, prediction_sequences, read_mask
 from diffvos.io.frames import natural_key
 
 
@@ -117,14 +117,8 @@ def score_segments(sequence: str, gt_frames: Sequence[np.ndarray], pred_frames: 
 def evaluate_segments(predictions: str | Path, annotations: str | Path, sequences: Sequence[str] | None = None,
                       resolution: str = "480p") -> SegmentReport:
     """Score ``predictions/<seq>/<frame>.png`` (segment ids) against a DAVIS root, every frame."""
-    pred_root = Path(predictions)
-    if not pred_root.is_dir():
-        raise InputError("predictions folder not found", pred_root)
+    pred_root, sequences = prediction_sequences(predictions, sequences)
     gt_root = annotations_dir(annotations, resolution)
-    if sequences is None:
-        sequences = sorted(p.name for p in pred_root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not sequences:
-            raise InputError("no sequence folders in the predictions folder", pred_root)
     report = SegmentReport()
     for seq in sequences:
         gt_files = sorted((gt_root / seq).glob("*.png"), key=lambda p: natural_key(p.name))
