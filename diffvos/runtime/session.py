@@ -268,6 +268,8 @@ class Session:
     def close(self) -> None:
         """Free the session (waits for a step running in another thread to finish)."""
         with self._lock:
+            if not self.closed:
+                self.features.close()
             self.closed = True
             self.propagator = None
 
