@@ -82,8 +82,8 @@ class FakeOrt:
         kept = [p for p in providers if self.behaviour.get(p) != "drop"]
         for p in providers:
             if self.behaviour.get(p) == "drop":
-                _log("E", f"Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: "
-                          f"cannot open shared object file")
+                _log("E", "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: "
+                          "cannot open shared object file")
         return FakeSession(self, kept)
 
 

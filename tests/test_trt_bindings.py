@@ -207,3 +207,15 @@ def test_the_other_tensorrt_major_in_a_subprocess(stub):
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-2000:]
     assert " passed" in child.stdout and "skipped" not in child.stdout.splitlines()[-1], child.stdout[-1000:]
+
+
+def test_doctor_with_the_real_bindings(trt):
+    """``import tensorrt`` works (the bindings), but TensorRT cannot start: the doctor says why."""
+    from diffvos.runtime.doctor import Probes, format_report, run_checks
+
+    checks = run_checks(start=False, probes=Probes(nvinfer=lambda: None))
+    (native,) = [c for c in checks if c.name == "tensorrt (native backend, build-engine)"]
+    assert native.ok is False and native.fix
+    assert native.detail.startswith(f"{trt.__version__} imports, but TensorRT {trt.__version__} could not create its "
+                                    "Runtime: no usable CUDA GPU (CUDA initialization failure with error: 35")
+    assert "to fix:" in format_report(checks)

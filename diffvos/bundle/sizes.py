@@ -81,7 +81,8 @@ def profile_sizes(manifest: Manifest, opt_hw: HW | None = None, max_hw: HW | Non
         return fixed, fixed, fixed
     if not (manifest.min_size and manifest.max_size):
         raise InputError("dynamic bundle without min_size/max_size: re-export it with --min-size/--max-size")
-    lo, top = (int(manifest.min_size[0]), int(manifest.min_size[1])), (int(manifest.max_size[0]), int(manifest.max_size[1]))
+    lo = (int(manifest.min_size[0]), int(manifest.min_size[1]))
+    top = (int(manifest.max_size[0]), int(manifest.max_size[1]))
     p = manifest.preprocess
 
     def clamp(hw: HW) -> HW:

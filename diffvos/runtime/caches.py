@@ -63,6 +63,7 @@ def trt_cache_dir(facts: dict[str, Any], root: Path | None = None) -> Path:
 def timing_cache_file(gpu: str, compute_capability: str, trt_version: str, root: Path | None = None) -> Path:
     """The default TensorRT timing cache of ``diffvos build-engine`` for one GPU and TensorRT version
     (layer timings are reused across graphs and bundles)."""
-    path = (root or user_cache_dir()) / "trt" / f"timing-{slug(gpu)}-sm{slug(compute_capability)}-trt{slug(trt_version)}.cache"
+    name = f"timing-{slug(gpu)}-sm{slug(compute_capability)}-trt{slug(trt_version)}.cache"
+    path = (root or user_cache_dir()) / "trt" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

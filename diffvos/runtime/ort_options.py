@@ -97,7 +97,8 @@ def engine_facts(gpu: GpuOptions, ort_version: str, trt_version: str | None,
     """Everything that makes a TensorRT EP engine unusable elsewhere: the cache key's parts."""
     return {
         "onnxruntime": ort_version, "tensorrt": trt_version or "unknown",
-        "gpu": (device or {}).get("gpu", "unknown"), "compute_capability": (device or {}).get("compute_capability", "?"),
+        "gpu": (device or {}).get("gpu", "unknown"),
+        "compute_capability": (device or {}).get("compute_capability", "?"),
         "graph_sha256": gpu.graph_sha256, "precision": gpu.precision,
         "profile": [list(s) for s in gpu.profile] if gpu.profile else None,
         "opt_level": gpu.opt_level, "workspace_gb": gpu.workspace_gb,
