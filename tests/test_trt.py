@@ -455,3 +455,17 @@ def test_real_tensorrt_engine_matches_onnxruntime(tmp_path):
     for engine in engines:
         np.testing.assert_allclose(engine.infer({"x_t": x})["features"], ref, atol=1e-3)
         engine.close()
+
+
+def test_build_engine_command_line_sizes(tmp_path, capsys):
+    from diffvos.cli import build_parser, main
+
+    args = build_parser().parse_args(["build-engine", "--bundle", "b", "--opt-size", "480x832", "--max-size", "832x832",
+                                      "--graph", "features", "--graph", "vae_encoder"])
+    assert (args.opt_size, args.max_size, args.graphs, args.workspace, args.opt_level) == \
+        ("480x832", "832x832", ["features", "vae_encoder"], 4.0, 3)
+    bundle = make_toy_bundle(tmp_path / "d", height=None, width=None)
+    assert main(["build-engine", "--bundle", str(bundle), "--max-size", "big"]) == 1
+    assert "--max-size must be HxW (e.g. 480x832), got 'big'" in capsys.readouterr().err
+    assert main(["build-engine", "--bundle", str(bundle), "--max-size", "4096x4096"]) == 1
+    assert "--max-size 4096x4096 is outside the bundle's range 8x8 .. 2048x2048" in capsys.readouterr().err
