@@ -63,16 +63,15 @@ class OrtEngine(EngineBase):
     """One ``onnxruntime.InferenceSession``; ``run`` is thread-safe, so forks share it.
 
     ``fallback(provider, cause)`` (from the loader) opens the next provider chain when the first
-    run fails inside a GPU provider; it returns ``(session, note)`` or None when none is left.
+    run fails inside a GPU provider; it returns ``(session, note)`` or None when none is left. The
+    session may thus be replaced at the first run: read ``session`` after it, not before.
     """
 
     def __init__(self, session: Any, note: str | None = None, *,
-                 fallback: Callable[[str, str], tuple[Any, str | None] | None] | None = None,
-                 desired: str | None = None) -> None:
+                 fallback: Callable[[str, str], tuple[Any, str | None] | None] | None = None) -> None:
         super().__init__(note)
         self._adopt(session)
         self._fallback = fallback
-        self._desired = desired or self._providers[0]
         self._verified = self._providers[0] == CPU  # the CPU cannot fall back: nothing to check
         self._first = threading.Lock()
 
@@ -144,7 +143,7 @@ class OrtEngine(EngineBase):
         now = list(self.session.get_providers())
         if now != self._providers:  # ONNX Runtime changed providers during the run
             cause = "; ".join(provider_messages(said.text)) or "no reason printed"
-            self._note = (f"diffvos: {self._desired} stopped at the first run ({cause[:_MAX_CAUSE]}); "
+            self._note = (f"diffvos: {self._providers[0]} stopped at the first run ({cause[:_MAX_CAUSE]}); "
                           f"running on {now[0]}")
             self._providers = now
         self._verified = True
@@ -183,7 +182,7 @@ class OrtLoader:
         ort.set_default_logger_severity(3)  # errors: captured while a provider starts, named in the note
         opener = _ChainOpener(self, ort, candidate_chains(self.backend, ort.get_available_providers()))
         session, note = opener.open_next()
-        return OrtEngine(session, note, fallback=opener.after_failure, desired=opener.desired)
+        return OrtEngine(session, note, fallback=opener.after_failure)
 
     def session_options(self, ort: ModuleType) -> Any:
         options = ort.SessionOptions()
