@@ -18,6 +18,7 @@ class Subcommands(Protocol):
 _COMMANDS = (
     "diffvos.export.cli",
     "diffvos.runtime.cli",
+    "diffvos.runtime.doctor",
     "diffvos.evaluation.cli",
     "diffvos.calibration.cli",
     "diffvos.demo",
