@@ -19,6 +19,7 @@ _COMMANDS = (
     "diffvos.export.cli",
     "diffvos.runtime.cli",
     "diffvos.runtime.segment_cli",
+    "diffvos.runtime.doctor",
     "diffvos.evaluation.cli",
     "diffvos.calibration.cli",
     "diffvos.demo",

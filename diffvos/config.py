@@ -287,3 +287,8 @@ EXPORT_DEFAULTS = {
     "mobilenetv2": ExportDefaults(layer=13),  # the last stride-16 stage (baseline, not diffusion)
 }
 DYNAMIC_MAX_SIZE = (1088, 1920)  # [H, W] upper bound of a dynamic bundle unless --max-size says otherwise
+
+# --- TensorRT builds (ONNX Runtime's TensorRT EP and ``diffvos build-engine`` alike) ---------------
+
+TRT_WORKSPACE_GB = 4.0  # builder workspace limit (a cap on tactic scratch memory, not an allocation)
+TRT_OPT_LEVEL = 3  # builder optimisation level 0..5 (TensorRT's default)

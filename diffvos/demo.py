@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,9 @@ if TYPE_CHECKING:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DIFFVOS_CACHE") or Path.home() / ".cache" / "diffvos")
+    from diffvos.runtime.caches import user_cache_dir
+
+    return user_cache_dir()
 
 
 def sample_clip() -> tuple[Path, Path]:

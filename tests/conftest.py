@@ -45,3 +45,23 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield torch
     torch.set_num_threads(before)
+
+
+def gpu_skip_reason() -> str | None:
+    """Why tests marked ``gpu`` cannot run here (None: a CUDA device is visible to cuda-python).
+    TensorRT being importable says nothing: its real bindings import on any machine (and do in
+    tests/test_trt_bindings.py)."""
+    from diffvos.runtime.cuda_device import Cuda, CudaError
+
+    try:
+        count = Cuda().device_count()
+    except CudaError as exc:
+        return f"no CUDA device: {exc}"
+    return None if count else "no CUDA device (cudaGetDeviceCount returned 0)"
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if item.get_closest_marker("gpu")]
+    reason = gpu_skip_reason() if marked else None
+    for item in marked if reason else ():
+        item.add_marker(pytest.mark.skip(reason=reason))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,45 +72,10 @@ def test_noise_formula_and_fixed_bank():
     np.testing.assert_array_equal(plain(x0)[0], x0)
 
 
-class _FakeSession:
-    """Behaves like onnxruntime-gpu's InferenceSession on a machine without a GPU."""
-
-    def __init__(self, path, options, providers, provider_options):
-        if providers[0] == "TensorrtExecutionProvider":
-            raise RuntimeError("Please install TensorRT libraries")
-        # like onnxruntime-gpu without a GPU: CUDA silently falls back
-        self._providers = [p for p in providers if p != "CUDAExecutionProvider"]
-
-    def get_providers(self):
-        return self._providers
-
-    def get_inputs(self):
-        return [types.SimpleNamespace(name="x", shape=[1, 3], type="tensor(float)")]
-
-    def get_outputs(self):
-        return [types.SimpleNamespace(name="y", shape=[1, 3], type="tensor(float)")]
-
-
-def _fake_ort(available):
-    return types.SimpleNamespace(
-        get_available_providers=lambda: available,
-        set_default_logger_severity=lambda level: None,
-        SessionOptions=lambda: types.SimpleNamespace(),
-        GraphOptimizationLevel=types.SimpleNamespace(ORT_ENABLE_ALL=99),
-        InferenceSession=_FakeSession,
-    )
-
-
-def test_gpu_fallback_is_reported_in_one_line():
+def test_provider_chains():
+    """Which chains are tried (the options and fallback detection: tests/test_ort_options.py)."""
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    engine = OrtLoader(Path("model.onnx"), backend="auto", ort=_fake_ort(gpu))()
-    assert engine.provider == "CPUExecutionProvider"
-    assert "TensorrtExecutionProvider is not usable" in engine.note and "\n" not in engine.note
-
-
-def test_cpu_only_build_has_nothing_to_report():
-    engine = OrtLoader(Path("model.onnx"), backend="auto", ort=_fake_ort(["CPUExecutionProvider"]))()
-    assert engine.provider == "CPUExecutionProvider" and engine.note is None
+    assert candidate_chains("auto", gpu) == [gpu, gpu[1:], gpu[2:]]
     assert candidate_chains("cuda", ["CPUExecutionProvider"]) == [["CPUExecutionProvider"]]
     with pytest.raises(BackendError, match="metal"):
         candidate_chains("metal", [])

@@ -144,23 +144,24 @@ def bundle_for(case: Case, checkpoint: Path, workdir: Path) -> Path:
 
 
 # -- frames --------------------------------------------------------------------------------------
-def load_clip(args: argparse.Namespace, count: int) -> tuple[list[np.ndarray], np.ndarray, str]:
+def load_clip(davis: str | Path, sequence: str, count: int, workdir: str | Path,
+              synthetic: bool = False) -> tuple[list[np.ndarray], np.ndarray, str]:
     """``count`` BGR frames and the first frame's label map (ids 0..K), from DAVIS or the synthetic clip."""
     from diffvos.io.frames import open_frames
     from diffvos.io.masks import read_mask
 
-    root = Path(args.davis) / "JPEGImages" / "480p" / args.sequence
-    if args.synthetic or not root.is_dir():
-        if not args.synthetic:
+    root = Path(davis) / "JPEGImages" / "480p" / sequence
+    if synthetic or not root.is_dir():
+        if not synthetic:
             print(f"DAVIS sequence not found at {root}: using the synthetic clip instead")
         from diffvos.sample_clip import make_clip
 
-        frame_dir, mask_path = make_clip(Path(args.workdir) / "clip", frames=max(count, 2))
+        frame_dir, mask_path = make_clip(Path(workdir) / "clip", frames=max(count, 2))
         source = "synthetic clip (diffvos.sample_clip, 480x854)"
     else:
         frame_dir = root
-        mask_path = Path(args.davis) / "Annotations" / "480p" / args.sequence / "00000.png"
-        source = f"DAVIS-2016 {args.sequence} (480x854)"
+        mask_path = Path(davis) / "Annotations" / "480p" / sequence / "00000.png"
+        source = f"DAVIS-2016 {sequence} (480x854)"
     clip = open_frames(frame_dir)
     if len(clip) < count:
         raise SystemExit(f"bench pipeline: {frame_dir} has {len(clip)} frames, {count} needed")
@@ -324,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     workdir = Path(args.workdir)
-    frames, labels, source = load_clip(args, args.frames + 1)
+    frames, labels, source = load_clip(args.davis, args.sequence, args.frames + 1, args.workdir, args.synthetic)
     chunk = args.dense_chunk or None
     print(f"machine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs; "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}")

@@ -61,3 +61,73 @@ def grid_size(manifest: Manifest, frame_hw: tuple[int, int]) -> tuple[int, int]:
     """The feature grid (h, w) of frames of ``frame_hw``."""
     h, w = input_size(manifest, frame_hw)
     return h // manifest.stride, w // manifest.stride
+
+
+HW = tuple[int, int]
+
+
+def profile_sizes(manifest: Manifest, opt_hw: HW | None = None, max_hw: HW | None = None) -> tuple[HW, HW, HW]:
+    """(min, opt, max) frame input sizes (pixels) a TensorRT optimisation profile covers.
+
+    A static bundle: its size three times. A dynamic bundle: from its ``min_size``, optimised for
+    ``opt_hw`` (default: a 854x480 frame by METHOD's rule), up to ``max_hw``. The default maximum
+    is a square of the optimum's long side, which takes 16:9 frames in either orientation at the
+    bundle's short side (480x832 and 832x480), not the bundle's own maximum (1088x1920 by
+    default): TensorRT sizes an execution context's activations for the profile's maximum, more
+    than an 8 GB Jetson has for the diffusion U-Net. Give ``max_hw`` for larger frames."""
+    if not manifest.dynamic:
+        assert manifest.height is not None and manifest.width is not None
+        fixed = (int(manifest.height), int(manifest.width))
+        return fixed, fixed, fixed
+    if not (manifest.min_size and manifest.max_size):
+        raise InputError("dynamic bundle without min_size/max_size: re-export it with --min-size/--max-size")
+    lo = (int(manifest.min_size[0]), int(manifest.min_size[1]))
+    top = (int(manifest.max_size[0]), int(manifest.max_size[1]))
+    p = manifest.preprocess
+
+    def clamp(hw: HW) -> HW:
+        return min(max(hw[0], lo[0]), top[0]), min(max(hw[1], lo[1]), top[1])
+
+    if max_hw is not None and not (lo[0] <= max_hw[0] <= top[0] and lo[1] <= max_hw[1] <= top[1]):
+        raise InputError(f"--max-size {max_hw[0]}x{max_hw[1]} is outside the bundle's range "
+                         f"{lo[0]}x{lo[1]} .. {top[0]}x{top[1]} (HxW)")
+    opt = clamp(opt_hw or method_size((480, 854), p.short_side, p.multiple))
+    if max_hw is None:
+        side = max(opt)
+        hi = clamp((side, side))
+    else:
+        hi = max_hw
+        if opt_hw is None:  # the default optimum never exceeds a maximum the user chose
+            opt = (min(opt[0], hi[0]), min(opt[1], hi[1]))
+    if not (opt[0] <= hi[0] and opt[1] <= hi[1]):
+        raise InputError(f"--opt-size {opt[0]}x{opt[1]} is larger than --max-size {hi[0]}x{hi[1]}")
+    return lo, opt, hi
+
+
+def graph_input_shape(manifest: Manifest, graph: str, hw: HW) -> tuple[int, ...]:
+    """The input shape of bundle graph ``graph`` for frames run at ``hw`` pixels: the graph's own
+    fixed dimensions, its dynamic height/width from ``hw`` (divided by the VAE factor for the
+    feature graph of a latent model)."""
+    from diffvos.bundle.manifest import FEATURES_GRAPH
+
+    entry = manifest.graphs[graph]
+    dims = list(entry.inputs[entry.input_name])
+    scale = manifest.latent.downsample if manifest.latent is not None and graph == FEATURES_GRAPH else 1
+    shape = []
+    for axis, dim in enumerate(dims):
+        if isinstance(dim, int):
+            shape.append(dim)
+        elif axis in (len(dims) - 2, len(dims) - 1):
+            shape.append(hw[axis - len(dims) + 2] // scale)
+        else:
+            raise InputError(f"graph '{graph}' has a dynamic dimension {dim!r} at axis {axis}; only height and "
+                             "width may be dynamic")
+    return tuple(shape)
+
+
+def graph_profile(manifest: Manifest, graph: str, opt_hw: HW | None = None,
+                  max_hw: HW | None = None) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) input shapes of ``graph`` for the sizes of :func:`profile_sizes`."""
+    lo, opt, hi = profile_sizes(manifest, opt_hw, max_hw)
+    return graph_input_shape(manifest, graph, lo), graph_input_shape(manifest, graph, opt), \
+        graph_input_shape(manifest, graph, hi)

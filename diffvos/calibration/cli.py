@@ -47,12 +47,22 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=run_fp16)
 
-    p = sub.add_parser("build-engine", help="build a TensorRT engine (strongly typed) into a bundle")
+    from diffvos.config import TRT_OPT_LEVEL, TRT_WORKSPACE_GB
+
+    p = sub.add_parser("build-engine", help="build the TensorRT engines (strongly typed) of every graph of a bundle")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--workspace", type=float, default=4.0, help="builder workspace in GB (default 4)")
-    p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
-    p.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0..5 (default 3)")
-    p.add_argument("--opt-size", help="HxW the dynamic profile is optimised for (default: 480p by METHOD's rule)")
+    p.add_argument("--graph", action="append", dest="graphs", metavar="NAME",
+                   help="build only this graph (repeatable; default: every graph, e.g. vae_encoder and features)")
+    p.add_argument("--workspace", type=float, default=TRT_WORKSPACE_GB,
+                   help=f"builder workspace limit in GB (default {TRT_WORKSPACE_GB:g})")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated (default: one per GPU and "
+                   "TensorRT version in ~/.cache/diffvos/trt)")
+    p.add_argument("--opt-level", type=int, default=TRT_OPT_LEVEL,
+                   help=f"builder optimisation level 0..5 (default {TRT_OPT_LEVEL})")
+    p.add_argument("--opt-size", help="HxW frame input size a dynamic bundle's profile is optimised for "
+                   "(default: a 854x480 frame by METHOD's rule)")
+    p.add_argument("--max-size", help="largest HxW frame input size of a dynamic bundle's profile (default: the "
+                   "square of the optimum's long side, e.g. 832x832; the execution context allocates for it)")
     p.add_argument("--device", type=int, default=0, help="CUDA device (default 0)")
     p.set_defaults(func=run_build_engine)
 
@@ -94,17 +104,24 @@ def run_fp16(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_build_engine(args: argparse.Namespace) -> int:
-    from diffvos.calibration.engine_build import build_bundle_engine
+def _hw(option: str, text: str | None) -> tuple[int, int] | None:
     from diffvos.errors import InputError
 
-    opt_hw = None
-    if args.opt_size:
-        try:
-            h, w = (int(v) for v in args.opt_size.lower().split("x"))
-        except ValueError:
-            raise InputError(f"--opt-size must be HxW, got {args.opt_size!r}") from None
-        opt_hw = (h, w)
-    build_bundle_engine(args.bundle, workspace_gb=args.workspace, timing_cache=args.timing_cache,
-                        opt_level=args.opt_level, opt_hw=opt_hw, device=args.device)
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"{option} must be HxW (e.g. 480x832), got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise InputError(f"{option} must be positive, got {text!r}")
+    return h, w
+
+
+def run_build_engine(args: argparse.Namespace) -> int:
+    from diffvos.calibration.engine_build import build_bundle_engines
+
+    build_bundle_engines(args.bundle, graphs=args.graphs, workspace_gb=args.workspace, timing_cache=args.timing_cache,
+                         opt_level=args.opt_level, opt_hw=_hw("--opt-size", args.opt_size),
+                         max_hw=_hw("--max-size", args.max_size), device=args.device)
     return 0

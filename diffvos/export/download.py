@@ -61,9 +61,10 @@ ALIASES: dict[str, CheckpointAlias] = {
 
 
 def cache_dir() -> Path:
-    """Where downloaded checkpoints live: ``$DIFFVOS_CACHE`` or ``~/.cache/diffvos``."""
-    env = os.environ.get("DIFFVOS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "diffvos"
+    """Where downloaded checkpoints live: the user cache (``$DIFFVOS_CACHE`` or ``~/.cache/diffvos``)."""
+    from diffvos.runtime.caches import user_cache_dir
+
+    return user_cache_dir()
 
 
 def _env_offline() -> bool:

@@ -7,6 +7,11 @@ build the engine only when called, so a caller can hold, pass or retry them. Imp
 Runtime (:mod:`diffvos.runtime.ort_engine`) and by the native TensorRT runtime
 (:mod:`diffvos.runtime.trt_engine`).
 
+Engines with per-stream state (a TensorRT execution context, its stream and buffers) implement
+``fork()``: another engine on the same loaded weights for another stream or thread, which
+:class:`~diffvos.runtime.features.Features` asks for per session (:func:`fork_engine`); engines
+whose ``infer`` is thread-safe (ONNX Runtime) return themselves, as :class:`EngineBase` does.
+
 Observers are the public hook for tools that need a graph's real inputs and outputs (the INT8
 calibrator's accuracy report records them this way): ``with engine.observe(fn): ...`` calls
 ``fn(feed, outputs)`` after every ``infer`` in the block.
@@ -88,6 +93,16 @@ class EngineBase:
     def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def fork(self) -> Engine:
+        """An engine for another stream: this one (``infer`` is thread-safe unless a subclass says
+        otherwise by overriding this)."""
+        return self
+
+    @property
+    def device_memory_bytes(self) -> int | None:
+        """Device memory this engine itself holds, where its backend reports it (None: unknown)."""
+        return None
+
     @contextlib.contextmanager
     def observe(self, observer: Observer) -> Iterator[None]:
         self._observers.append(observer)
@@ -101,6 +116,12 @@ class Loader(Protocol):
     """A lazy loader: describes an engine, builds it when called."""
 
     def __call__(self) -> Engine: ...
+
+
+def fork_engine(engine: Engine) -> Engine:
+    """``engine.fork()`` for engines that offer it (the optional part of the protocol), else the engine."""
+    fork = getattr(engine, "fork", None)
+    return fork() if callable(fork) else engine
 
 
 def single_input(engine: Engine) -> TensorMeta:

@@ -2,7 +2,9 @@
 
 A pixel-space bundle runs preprocess -> noise -> feature graph; a Stable Diffusion bundle runs
 preprocess -> VAE encoder -> noise (in latent space) -> U-Net. The engines belong to the runtime
-and are shared by every stream; the noise bank and the buffers belong to the stream.
+and are shared by every stream; each stream asks them for a fork (``fork_engine``: the same
+ONNX Runtime engine, a TensorRT execution context of its own); the noise bank and the buffers
+belong to the stream.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from diffvos.bundle import FEATURES_GRAPH, VAE_GRAPH, Manifest
 from diffvos.bundle.sizes import input_size
 from diffvos.errors import InputError
 from diffvos.runtime.ddim import DDIMInverter
-from diffvos.runtime.engine import Engine, single_input
+from diffvos.runtime.engine import Engine, fork_engine, single_input
 from diffvos.runtime.noise import NoiseInjector
 from diffvos.runtime.preprocess import to_model_input
 
@@ -31,8 +33,9 @@ class Features:
     def __init__(self, manifest: Manifest, engines: Mapping[str, Engine], seed: int = 0,
                  fresh_noise: bool = False, inversion_steps: int = 0) -> None:
         self.manifest = manifest
-        self.engine = engines[FEATURES_GRAPH]
-        self.vae = engines.get(VAE_GRAPH)
+        self._shared = [e for e in (engines[FEATURES_GRAPH], engines.get(VAE_GRAPH)) if e is not None]
+        self.engine = fork_engine(engines[FEATURES_GRAPH])
+        self.vae = fork_engine(engines[VAE_GRAPH]) if engines.get(VAE_GRAPH) is not None else None
         self.seed, self.fresh_noise = seed, fresh_noise
         self._input = single_input(self.engine).name
         self._output = self.engine.outputs[0].name
@@ -42,7 +45,8 @@ class Features:
             if manifest.ddim is None or manifest.ddim.graph not in engines:
                 raise InputError(f"inversion_steps={inversion_steps} needs a bundle with a noise-prediction graph "
                                  "(export it with --noise-graph)")
-            self.inverter = DDIMInverter(engines[manifest.ddim.graph], manifest.ddim, manifest.timestep,
+            self._shared.append(engines[manifest.ddim.graph])
+            self.inverter = DDIMInverter(fork_engine(engines[manifest.ddim.graph]), manifest.ddim, manifest.timestep,
                                          inversion_steps)
         self._x0: dict[tuple[int, int], np.ndarray] = {}
         self.timings: dict[str, float] = {}
@@ -90,6 +94,12 @@ class Features:
         features = self.engine.infer(feed)[self._output][0]
         self.timings["features_ms"] = (time.perf_counter() - t0) * 1e3
         return features
+
+    def close(self) -> None:
+        """Close this stream's forks (the shared engines stay with the runtime)."""
+        for engine in (self.engine, self.vae, self.inverter.engine if self.inverter else None):
+            if engine is not None and not any(engine is e for e in self._shared):
+                engine.close()
 
     @property
     def nbytes(self) -> int:

@@ -246,6 +246,10 @@ class SegmentSession:
         ids = (np.argmax(up, axis=0) + 1).astype(np.uint8)
         return ids if ids.shape == (self.height, self.width) else resize_nearest(ids, (self.height, self.width))
 
+    def close(self) -> None:
+        """Release this stream's engine forks."""
+        self.features.close()
+
     @property
     def prob_shape(self) -> tuple[int, int, int]:
         if not self.k:

@@ -68,6 +68,7 @@ def segment_video(runtime: Runtime, input_path: str | Path, output_dir: str | Pa
         raise
     finally:
         bar.close()
+        stream.close()
     return SegmentSummary(frames, stream.k, time.perf_counter() - t0, runtime.provider, stream.silhouette,
                           str(output_dir), str(overlay) if overlay else None)
 

@@ -9,7 +9,8 @@ status codes exist only in :mod:`diffvos.runtime.capi`. A call that raises has c
 every argument is checked before any state does.
 
 Threading: distinct sessions run concurrently on distinct threads (ONNX Runtime's ``run`` is
-thread-safe and releases the GIL). One session used from two threads is serialised by its lock,
+thread-safe and releases the GIL; the native TensorRT backend gives each session an execution
+context, stream and buffers of its own, ``Engine.fork``). One session used from two threads is serialised by its lock,
 or refused with :class:`~diffvos.errors.BusyError` when created with ``concurrency="refuse"``.
 Closing a runtime leaves its sessions working: they hold the engines.
 """
@@ -271,6 +272,8 @@ class Session:
     def close(self) -> None:
         """Free the session (waits for a step running in another thread to finish)."""
         with self._lock:
+            if not self.closed:
+                self.features.close()
             self.closed = True
             self.propagator = None
 
