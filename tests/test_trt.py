@@ -259,9 +259,13 @@ def test_version_and_gpu_checks():
 
 
 def test_profile_shapes_static_and_dynamic(tmp_path):
-    static = read_manifest(make_toy_bundle(tmp_path / "s", ensemble=2))
+    static = read_manifest(make_toy_bundle(tmp_path / "s", ensemble=2, max_streams=1))
     assert profile_shapes(static, static.graphs["features"]) == ((2, 3, 64, 96),) * 3
-    dyn = read_manifest(make_toy_bundle(tmp_path / "d", height=None, width=None))
+    # a stream axis: 1 .. max_streams streams of E draws, optimised for opt_streams (default: the maximum)
+    streamed = read_manifest(make_toy_bundle(tmp_path / "b", ensemble=2, max_streams=4))
+    assert profile_shapes(streamed, streamed.graphs["features"]) == ((2, 3, 64, 96), (8, 3, 64, 96), (8, 3, 64, 96))
+    assert profile_shapes(streamed, streamed.graphs["features"], opt_streams=2)[1] == (4, 3, 64, 96)
+    dyn = read_manifest(make_toy_bundle(tmp_path / "d", height=None, width=None, max_streams=1))
     lo, opt, hi = profile_shapes(dyn, dyn.graphs["features"])
     assert lo == (1, 3, 8, 8) and hi == (1, 3, 2048, 2048)
     assert opt == (1, 3, 64, 112)  # 854x480 by the toy's rule: short side 64, multiple 8
@@ -269,7 +273,8 @@ def test_profile_shapes_static_and_dynamic(tmp_path):
 
 
 def test_build_engine_then_run_through_the_runtime(tmp_path):
-    bundle = make_toy_bundle(tmp_path / "d", height=None, width=None, ensemble=2)
+    # the fake engine computes a single-stream graph (_reference): a bundle without a stream axis
+    bundle = make_toy_bundle(tmp_path / "d", height=None, width=None, ensemble=2, max_streams=1)
     trt, cuda = _fake_trt(), FakeCuda()
     cache = tmp_path / "timing.cache"
     facts = build_bundle_engine(bundle, workspace_gb=2, timing_cache=cache, opt_level=4, trt=trt, cuda=cuda,

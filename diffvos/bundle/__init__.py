@@ -19,6 +19,7 @@ from diffvos.bundle.manifest import (
     Latent,
     Manifest,
     Preprocess,
+    StreamBatch,
     TensorRTPlan,
     read_manifest,
     sha256_file,
@@ -28,5 +29,5 @@ from diffvos.bundle.manifest import (
 __all__ = [
     "FEATURES_GRAPH", "MANIFEST_NAME", "SCHEMA_VERSION", "VAE_GRAPH", "Calibration", "Checkpoint", "Comparison",
     "ExportFacts", "Flops", "Fp16Conversion", "GraphEntry", "GraphFacts", "Latent", "Manifest", "Preprocess",
-    "TensorRTPlan", "read_manifest", "sha256_file", "write_manifest",
+    "StreamBatch", "TensorRTPlan", "read_manifest", "sha256_file", "write_manifest",
 ]

@@ -53,6 +53,8 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
     p.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0..5 (default 3)")
     p.add_argument("--opt-size", help="HxW the dynamic profile is optimised for (default: 480p by METHOD's rule)")
+    p.add_argument("--opt-streams", type=int, help="streams per call the profile is optimised for (default: the "
+                   "bundle's streams.opt_streams; the profile spans 1 .. streams.max_streams)")
     p.add_argument("--device", type=int, default=0, help="CUDA device (default 0)")
     p.set_defaults(func=run_build_engine)
 
@@ -106,5 +108,5 @@ def run_build_engine(args: argparse.Namespace) -> int:
             raise InputError(f"--opt-size must be HxW, got {args.opt_size!r}") from None
         opt_hw = (h, w)
     build_bundle_engine(args.bundle, workspace_gb=args.workspace, timing_cache=args.timing_cache,
-                        opt_level=args.opt_level, opt_hw=opt_hw, device=args.device)
+                        opt_level=args.opt_level, opt_hw=opt_hw, opt_streams=args.opt_streams, device=args.device)
     return 0

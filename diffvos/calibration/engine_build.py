@@ -2,7 +2,8 @@
 
 The precision comes from the graph itself (FP16-typed tensors, or Q/DQ nodes for INT8): no
 builder precision flags, no implicit calibration (deprecated in TensorRT 10.1/10.12, removed in
-11). Dynamic bundles get one optimisation profile spanning their size range. The plan is written
+11). Dynamic bundles get one optimisation profile spanning their size range, and bundles with a stream
+axis one spanning 1 .. max_streams streams. The plan is written
 into the bundle and the manifest records the TensorRT version, GPU and compute capability, which
 the ``trt`` backend checks before loading. Torch-free; ``tensorrt`` is imported on use.
 """
@@ -30,14 +31,19 @@ from diffvos.runtime.trt_engine import gpu_facts, import_cuda, import_trt
 Shape = tuple[int, ...]
 
 
-def profile_shapes(manifest: Manifest, entry: GraphEntry, opt_hw: tuple[int, int] | None = None) -> tuple[Shape, Shape, Shape]:
-    """(min, opt, max) input shapes. Static bundles: the fixed shape three times. Dynamic ones:
-    the manifest's size range, optimised for ``opt_hw`` (default: a 854x480 frame by METHOD's rule,
-    clamped into the range)."""
+def profile_shapes(manifest: Manifest, entry: GraphEntry, opt_hw: tuple[int, int] | None = None,
+                   opt_streams: int | None = None) -> tuple[Shape, Shape, Shape]:
+    """(min, opt, max) input shapes. The batch axis spans 1 .. ``streams.max_streams`` streams of
+    E draws (optimised for ``opt_streams``, default the manifest's). Static sizes: the fixed H, W.
+    Dynamic ones: the manifest's size range, optimised for ``opt_hw`` (default: a 854x480 frame by
+    METHOD's rule, clamped into the range)."""
     e, c = manifest.ensemble, manifest.input_channels
+    streams = manifest.streams if entry is manifest.graphs.get(FEATURES_GRAPH) else None
+    top = streams.max_streams if streams else 1
+    opt_b = min(max(opt_streams or (streams.opt_streams if streams else 1), 1), top)
     if not manifest.dynamic:
-        fixed = (e, c, int(manifest.height), int(manifest.width))
-        return fixed, fixed, fixed
+        h, w = int(manifest.height), int(manifest.width)
+        return (e, c, h, w), (opt_b * e, c, h, w), (top * e, c, h, w)
     if not (manifest.min_size and manifest.max_size):
         raise BundleError("dynamic bundle without min_size/max_size: re-export it with a size range")
     (lh, lw), (uh, uw) = manifest.min_size, manifest.max_size
@@ -46,7 +52,7 @@ def profile_shapes(manifest: Manifest, entry: GraphEntry, opt_hw: tuple[int, int
         opt_hw = method_size((480, 854), p.short_side, p.multiple)
     oh = min(max(opt_hw[0], lh), uh)
     ow = min(max(opt_hw[1], lw), uw)
-    return (e, c, lh, lw), (e, c, oh, ow), (e, c, uh, uw)
+    return (e, c, lh, lw), (opt_b * e, c, oh, ow), (top * e, c, uh, uw)
 
 
 def _parse(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
@@ -93,7 +99,7 @@ def build_plan(onnx_path: str | Path, input_name: str, shapes: tuple[Shape, Shap
 
 def build_bundle_engine(bundle: str | Path, *, workspace_gb: float = 4.0, timing_cache: str | Path | None = None,
                         opt_level: int = 3, opt_hw: tuple[int, int] | None = None, graph: str = FEATURES_GRAPH,
-                        trt: Any = None, cuda: Any = None, device: int = 0,
+                        opt_streams: int | None = None, trt: Any = None, cuda: Any = None, device: int = 0,
                         log: Callable[[str], None] = print) -> TensorRTPlan:
     """Build the plan of one bundle graph into the bundle; return the facts recorded in the manifest."""
     bundle = Path(bundle)
@@ -105,7 +111,7 @@ def build_bundle_engine(bundle: str | Path, *, workspace_gb: float = 4.0, timing
         raise BundleError(f"bundle has no graph '{graph}'", bundle)
     entry = manifest.graphs[graph]
     input_name = entry.input_name
-    shapes = profile_shapes(manifest, entry, opt_hw)
+    shapes = profile_shapes(manifest, entry, opt_hw, opt_streams)
     t0 = time.perf_counter()
     plan = build_plan(bundle / entry.file, input_name, shapes, workspace_gb=workspace_gb,
                       timing_cache=timing_cache, opt_level=opt_level, trt=trt, log=log)

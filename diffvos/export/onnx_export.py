@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from diffvos.bundle import (
+    FEATURES_GRAPH,
     Checkpoint,
     Comparison,
     ExportFacts,
@@ -27,6 +28,7 @@ from diffvos.bundle import (
     Latent,
     Manifest,
     Preprocess,
+    StreamBatch,
     sha256_file,
     write_manifest,
 )
@@ -95,8 +97,10 @@ def versions() -> dict[str, str]:
     return found
 
 
-def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_folding: bool = True) -> GraphFacts:
-    """torch -> ONNX (TorchScript exporter: mature, deterministic names); returns graph facts."""
+def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_folding: bool = True,
+                 transform: Callable[[Any], Any] | None = None) -> GraphFacts:
+    """torch -> ONNX (TorchScript exporter: mature, deterministic names); returns graph facts.
+    ``transform`` rewrites the ``onnx.ModelProto`` before it is saved (the stream axis)."""
     import onnx
     import torch
 
@@ -114,6 +118,8 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_foldi
             dynamo=False,
         )
     model = onnx.load(str(path))
+    if transform is not None:
+        model = transform(model)
     external = None
     weight_bytes = sum(int(np.prod(t.dims)) * 4 for t in model.graph.initializer)
     if model.ir_version > MAX_IR_VERSION:
@@ -168,10 +174,21 @@ def write_bundle(
     verify: bool = True,
     tolerance: dict[str, float] | None = None,
     opset: int = OPSET,
+    max_streams: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Manifest:
-    """Export every graph of ``prepared`` into a new bundle directory at ``output``."""
+    """Export every graph of ``prepared`` into a new bundle directory at ``output``.
+
+    ``max_streams`` (default: the backbone's, :data:`~diffvos.config.EXPORT_DEFAULTS`) > 1 gives
+    the feature graph a stream axis (:mod:`diffvos.export.batching`), verified on several streams.
+    """
+    from diffvos.config import EXPORT_DEFAULTS
+
     tolerance = tolerance or DEFAULT_TOLERANCE
+    if max_streams is None:
+        max_streams = EXPORT_DEFAULTS[prepared.backbone].max_streams if prepared.backbone in EXPORT_DEFAULTS else 1
+    if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
+        raise ExportError(f"--max-streams must be an integer >= 1, got {max_streams!r}")
     entries: dict[str, GraphEntry] = {}
     verification: dict[str, Comparison] = {}
     graph_facts: dict[str, GraphFacts] = {}
@@ -180,8 +197,11 @@ def write_bundle(
             file = f"{spec.name}.onnx"
             path = stage / file
             t0 = time.perf_counter()
+            transform, checked = None, spec
+            if spec.name == FEATURES_GRAPH and max_streams > 1:
+                spec, checked, transform = _with_stream_axis(spec, prepared.ensemble)
             log(f"exporting graph '{spec.name}' (input {list(spec.example.shape)}) ...")
-            facts = export_graph(spec, path, opset=opset)
+            facts = export_graph(spec, path, opset=opset, transform=transform)
             facts.export_seconds = round(time.perf_counter() - t0, 3)
             graph_facts[spec.name] = facts
             import onnx
@@ -198,7 +218,7 @@ def write_bundle(
             if verify:
                 t0 = time.perf_counter()
                 log(f"verifying '{spec.name}' in ONNX Runtime against PyTorch ...")
-                v = verification[spec.name] = verify_graph(spec, path, tolerance)
+                v = verification[spec.name] = verify_graph(checked, path, tolerance)
                 v.seconds = round(time.perf_counter() - t0, 3)
                 log(f"  max abs error {v.max_abs_error:.3e}, cosine {v.cosine:.8f}")
         manifest = Manifest(
@@ -223,9 +243,25 @@ def write_bundle(
             versions=versions(),
             export=ExportFacts(height=prepared.height, width=prepared.width, graphs=graph_facts,
                                verification=verification, note=prepared.note),
+            streams=StreamBatch(max_streams=max_streams, opt_streams=max_streams),
         )
         write_manifest(stage, manifest)
     return manifest
+
+
+def _with_stream_axis(spec: GraphSpec, ensemble: int) -> tuple[GraphSpec, GraphSpec, Callable[[Any], Any]]:
+    """For a feature graph with a stream axis: the spec to export (a dynamic draw axis, traced on
+    several streams' draws), the spec to verify it with (PyTorch stream by stream on the same
+    input) and the ONNX rewrite that averages per stream."""
+    from dataclasses import replace
+
+    from diffvos.export import batching
+
+    axes = {k: dict(v) for k, v in (spec.dynamic_axes or {}).items()}
+    axes.setdefault(spec.input_name, {})[0] = batching.DRAWS_AXIS
+    exported = replace(spec, example=batching.stream_example(spec.example), dynamic_axes=axes)
+    checked = replace(exported, module=batching.per_stream_reference(spec.module, ensemble))
+    return exported, checked, lambda model: batching.batch_streams(model, ensemble)
 
 
 def feature_dynamic_axes(input_name: str, output_name: str) -> dict[str, dict[int, str]]:
