@@ -329,3 +329,25 @@ def test_stream_table_bounds_evicts_and_isolates(bundle):
         assert isinstance(r[0], RequestError) and "idle for more than 5 s" in str(r[0])
         r = table.handle([TrackRequest("a", end=True)])
         assert r[0].labels.shape == (0, 0) and table.open_streams == 0
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_client_sample_streams_a_video_and_writes_the_masks_of_diffvos_track(server, bundle, tmp_path, protocol):
+    from diffvos.sample_clip import make_clip
+
+    frames, mask = make_clip(tmp_path / "clip", frames=5, height=120, width=160)
+    url = server.grpc_url if protocol == "grpc" else server.url
+    r = subprocess.run([sys.executable, str(ROOT / "samples" / "triton" / "stream_video.py"), "--url", url, "--protocol",
+                        protocol, "--input", str(frames), "--mask", str(mask), "--output", str(tmp_path / "served"),
+                        "--stream-id", f"sample-{protocol}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    local = subprocess.run([sys.executable, "-m", "diffvos", "track", "--bundle", str(bundle), "-i", str(frames), "-m",
+                            str(mask), "-o", str(tmp_path / "local"), "--backend", "cpu", "--no-progress"],
+                           capture_output=True, text=True)
+    assert local.returncode == 0, local.stderr
+    from diffvos.io.masks import read_label_map
+
+    served = sorted((tmp_path / "served").glob("*.png"))
+    assert [p.name for p in served] == [p.name for p in sorted((tmp_path / "local").glob("*.png"))] and len(served) == 5
+    for p in served:
+        np.testing.assert_array_equal(read_label_map(p)[0], read_label_map(tmp_path / "local" / p.name)[0])
