@@ -122,6 +122,13 @@ def _in_process(bundle, videos: list[Video], store: VideoStore, config, backend,
 
 def _on_ray(bundle, videos, output, settings, config, backend, address, workers, max_attempts, done,
             on_tick) -> tuple[str, int]:
+    import shutil
+    import tempfile
+
+    local_tmp = None
+    if address == LOCAL:  # before ray is imported: it reads these at import
+        for k, v in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(k, v)
     import ray
 
     from diffvos.dataset.pool import run_pool
@@ -129,10 +136,10 @@ def _on_ray(bundle, videos, output, settings, config, backend, address, workers,
     started = False
     if not ray.is_initialized():
         if address == LOCAL:
-            for k, v in LOCAL_RAY_ENV.items():
-                os.environ.setdefault(k, v)
+            # a short folder of our own (Ray's socket paths are limited to 107 characters), removed after
+            local_tmp = tempfile.mkdtemp(prefix="dvray", dir="/tmp" if os.path.isdir("/tmp") else None)
             ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     object_store_memory=200 << 20)
+                     object_store_memory=200 << 20, _temp_dir=local_tmp)
         else:
             ray.init(address=address, log_to_driver=False)
         started = True
@@ -150,6 +157,8 @@ def _on_ray(bundle, videos, output, settings, config, backend, address, workers,
     finally:
         if started:
             ray.shutdown()
+        if local_tmp:
+            shutil.rmtree(local_tmp, ignore_errors=True)
 
 
 def _options(config: SessionConfig) -> dict[str, Any]:
