@@ -77,6 +77,9 @@ def server_env(dist: Path | None = None, base: dict[str, str] | None = None) -> 
     dist = dist or triton_dist()
     env = dict(os.environ if base is None else base)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        print(f"diffvos: this Python ({sys.executable}) has no shared libpython; the Triton stub will load the "
+              "system's libpython, which must be the same minor version", file=sys.stderr)
     libs = dist.parent.parent / "nvidia_pytriton.libs"
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
