@@ -121,6 +121,16 @@ def free_ports(n: int, low: int = 20000) -> list[int]:
     return ports
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started the server dies (Linux), so a killed
+    launcher or test run leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Ports:
     http: int
@@ -181,7 +191,7 @@ class TritonServer:
                 with open(log, "wb") as fh:
                     self.process = subprocess.Popen(self.command(ports, backends, dist), env=env, stdout=fh,
                                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                    start_new_session=True)
+                                                    start_new_session=True, preexec_fn=_die_with_parent)
                 self.ports, self.log_path = ports, log
                 state = self._wait_ready()
                 if state == "ready":
