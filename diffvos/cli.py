@@ -23,6 +23,8 @@ _COMMANDS = (
     "diffvos.evaluation.cli",
     "diffvos.calibration.cli",
     "diffvos.demo",
+    "diffvos.serve.cli",
+    "diffvos.dataset.cli",
 )
 
 

@@ -279,11 +279,14 @@ class ExportDefaults:
     ensemble: int | None = None
     height: int = 480
     width: int = 832
+    # streams one feature-graph call may take (the TensorRT profile's maximum): a batch is
+    # max_streams x E draws, so the diffusion models, with E=8, default to fewer streams
+    max_streams: int = 8
 
 
 EXPORT_DEFAULTS = {
-    "adm": ExportDefaults(layer=6, timestep=30, ensemble=8),  # METHOD.md: output block 6, t=30, E=8
-    "sd": ExportDefaults(layer=9, timestep=100, ensemble=8),  # METHOD.md: 9th up-block resnet, t=100
+    "adm": ExportDefaults(layer=6, timestep=30, ensemble=8, max_streams=2),  # METHOD.md: output block 6, t=30, E=8
+    "sd": ExportDefaults(layer=9, timestep=100, ensemble=8, max_streams=2),  # METHOD.md: 9th up-block resnet, t=100
     "mobilenetv2": ExportDefaults(layer=13),  # the last stride-16 stage (baseline, not diffusion)
 }
 DYNAMIC_MAX_SIZE = (1088, 1920)  # [H, W] upper bound of a dynamic bundle unless --max-size says otherwise

@@ -55,7 +55,7 @@ def test_manifest_declares_the_attention_layer(attention_bundle):
     a = m.affinity
     assert (a.kind, a.heads, a.head_dim, a.module) == ("attention", 4, 16, "output_blocks.6.1")
     assert (m.stride, m.channels) == (8, 2 * 4 * 16)
-    assert m.graphs["features"].outputs == {"features": [1, 128, 8, 12]}
+    assert m.graphs["features"].outputs == {"features": ["streams", 128, 8, 12]}  # streams x (q, k) of 4 heads x 16
     assert m.ddim is not None and m.ddim.graph in m.graphs and len(m.ddim.alphas_cumprod) == 1000
     assert m.graphs["noise_prediction"].inputs == {"x_t": [1, 3, 64, 96], "timestep": [1]}
     assert m.export.verification["noise_prediction"].max_rel_error < 1e-4

@@ -106,7 +106,8 @@ def test_bundle_plans_against_this_machine(tmp_path):
                     nvinfer=lambda: None)
     c = _by_name(run_checks(str(bundle), start=False, probes=probes))
     assert c["features: plan for --backend trt"].ok is False and c["features: plan for --backend trt"].detail == "none built"
-    assert c["features: TensorRT EP profile"].detail == "[1, 3, 8, 8] .. [1, 3, 112, 112], optimised for [1, 3, 64, 112]"
+    # 1..8 streams (the toy exports a stream axis), 8x8 .. 112x112 pixels
+    assert c["features: TensorRT EP profile"].detail == "[1, 3, 8, 8] .. [8, 3, 112, 112], optimised for [8, 3, 64, 112]"
     (bundle / "features.plan").write_bytes(b"plan")
     m = read_manifest(bundle)
     m.tensorrt["features"] = TensorRTPlan(plan="features.plan", sha256=sha256_file(bundle / "features.plan"),

@@ -50,10 +50,12 @@ def test_manifest_records_what_the_runtime_needs(tiny_bundle, adm_fixture_dir):
     assert (m.backbone, m.timestep, m.layer, m.stride, m.channels, m.ensemble) == ("adm", 30, 6, 8, 64, 2)
     assert (m.height, m.width, m.dynamic) == (64, 96, False)
     assert m.alpha_bar == pytest.approx(float(golden["alphas_cumprod"][30]), rel=1e-12)
-    assert m.graphs["features"].inputs == {"x_t": [2, 3, 64, 96]}
-    assert m.graphs["features"].outputs == {"features": [1, 64, 8, 12]}
-    v = m.export.verification["features"]
-    assert v.cosine > 0.9999 and v.max_rel_error < 1e-4
+    # a stream axis: B streams of E=2 draws in, B feature maps out (B up to the ADM default, 2)
+    assert m.graphs["features"].inputs == {"x_t": ["draws", 3, 64, 96]}
+    assert m.graphs["features"].outputs == {"features": ["streams", 64, 8, 12]}
+    assert (m.streams.max_streams, m.streams.opt_streams) == (2, 2)
+    v = m.export.verification["features"]  # verified against PyTorch stream by stream, on 2 streams
+    assert v.cosine > 0.9999 and v.max_rel_error < 1e-4 and v.input_shape == [4, 3, 64, 96]
     assert m.checkpoint.sha256 and m.checkpoint.config["num_channels"] == 32
     assert 0 < m.flops.truncated < m.flops.full
     assert {"torch", "onnx", "onnxruntime", "diffvos"} <= set(m.versions)

@@ -33,7 +33,8 @@ def test_manifest_of_sd_bundle(sd_bundle):
     assert m.backbone == "sd" and set(m.graphs) == {"features", "vae_encoder"}
     assert m.latent is not None and m.latent.scaling_factor == pytest.approx(0.18215) and m.latent.downsample == 4
     assert m.graphs["vae_encoder"].inputs == {"image": [1, 3, 64, 96]}
-    assert m.graphs["features"].inputs == {"x_t": [2, 4, 16, 24]}
+    assert m.graphs["features"].inputs == {"x_t": ["draws", 4, 16, 24]}  # B streams x E=2 draws
+    assert m.streams.max_streams == 2
     v = m.export.verification
     assert v["features"].cosine > 0.9999 and v["vae_encoder"].cosine > 0.9999
     assert m.stride * m.graphs["features"].outputs["features"][2] == 64

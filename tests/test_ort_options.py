@@ -147,7 +147,7 @@ def test_tensorrt_options_per_precision(precision, fp16, int8, tmp_path):
 
 
 def test_dynamic_bundle_gets_its_profile_and_static_gets_none(tmp_path):
-    dyn = read_manifest(make_toy_bundle(tmp_path / "d", height=None, width=None, ensemble=2))
+    dyn = read_manifest(make_toy_bundle(tmp_path / "d", height=None, width=None, ensemble=2, max_streams=1))
     opts = provider_options(TRT, gpu_options(dyn, "features"), None)
     assert (opts["trt_profile_min_shapes"], opts["trt_profile_opt_shapes"], opts["trt_profile_max_shapes"]) == \
         ("x_t:2x3x8x8", "x_t:2x3x64x112", "x_t:2x3x112x112")
@@ -160,7 +160,7 @@ def test_dynamic_bundle_gets_its_profile_and_static_gets_none(tmp_path):
 
 def test_loaders_pass_the_graph_facts_and_never_cache_in_the_bundle(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFVOS_CACHE", str(tmp_path / "user-cache"))
-    bundle = make_toy_bundle(tmp_path / "d", height=None, width=None)
+    bundle = make_toy_bundle(tmp_path / "d", height=None, width=None, max_streams=1)
     m = read_manifest(bundle)
     write_manifest(bundle, replace(m, graphs={"features": replace(m.graphs["features"], precision="fp16")}))
     m = read_manifest(bundle)

@@ -304,9 +304,9 @@ def test_version_and_gpu_checks():
 
 # ---------------------------------------------------------------- profiles (the size rule)
 def test_profile_sizes_static_and_dynamic(tmp_path):
-    static = read_manifest(make_toy_bundle(tmp_path / "s", ensemble=2))
+    static = read_manifest(make_toy_bundle(tmp_path / "s", ensemble=2, max_streams=1))
     assert graph_profile(static, "features") == ((2, 3, 64, 96),) * 3
-    dyn = read_manifest(make_toy_bundle(tmp_path / "d", height=None, width=None))
+    dyn = read_manifest(make_toy_bundle(tmp_path / "d", height=None, width=None, max_streams=1))
     # the toy's rule: short side 64, multiple 8 -> a 854x480 frame runs at 64x112; its range is 8..2048
     lo, opt, hi = profile_sizes(dyn)
     assert (lo, opt, hi) == ((8, 8), (64, 112), (112, 112))  # default max: both 16:9 orientations, not 2048
@@ -319,10 +319,19 @@ def test_profile_sizes_static_and_dynamic(tmp_path):
         profile_sizes(dyn, opt_hw=(64, 112), max_hw=(32, 32))
 
 
+def test_stream_axis_profiles(tmp_path):
+    """A feature graph with a stream axis: 1 .. max_streams streams of E draws, optimised for
+    opt_streams (default: the manifest's)."""
+    streamed = read_manifest(make_toy_bundle(tmp_path / "b", ensemble=2, max_streams=4))
+    assert graph_profile(streamed, "features") == ((2, 3, 64, 96), (8, 3, 64, 96), (8, 3, 64, 96))
+    assert graph_profile(streamed, "features", opt_streams=2)[1] == (4, 3, 64, 96)
+    assert graph_profile(streamed, "features", opt_streams=9)[1] == (8, 3, 64, 96)  # clamped to the maximum
+
+
 def _sd_like_bundle(path, dynamic=True):
     """A two-graph bundle shaped like Stable Diffusion's (VAE on pixels, U-Net on latents 8x smaller);
     both entries use the toy graph file (the fake TensorRT does not read it)."""
-    bundle = make_toy_bundle(path, height=None if dynamic else 64, width=None if dynamic else 96, ensemble=2)
+    bundle = make_toy_bundle(path, height=None if dynamic else 64, width=None if dynamic else 96, ensemble=2, max_streams=1)
     m = read_manifest(bundle)
     f = m.graphs["features"]
     h, w = ("height", "width") if dynamic else (64, 96)
@@ -379,7 +388,7 @@ def test_build_engine_writes_nothing_unless_every_graph_builds(tmp_path):
 
 
 def test_trt_backend_through_the_runtime_one_context_per_session(tmp_path):
-    bundle = make_toy_bundle(tmp_path / "d", height=None, width=None, ensemble=2)
+    bundle = make_toy_bundle(tmp_path / "d", height=None, width=None, ensemble=2, max_streams=1)
     rt = FakeCudaRuntime()
     trt = _fake_trt(rt)
     build_bundle_engines(bundle, timing_cache=tmp_path / "t", trt=trt, cuda=Cuda(rt), log=lambda s: None)
@@ -406,7 +415,7 @@ def test_trt_backend_through_the_runtime_one_context_per_session(tmp_path):
 
 
 def test_build_engine_reports_parser_errors(tmp_path):
-    bundle = make_toy_bundle(tmp_path / "s")
+    bundle = make_toy_bundle(tmp_path / "s", max_streams=1)
     rt = FakeCudaRuntime()
     with pytest.raises(ExportError, match="In node 3 \\(Conv\\): unsupported"):
         build_bundle_engines(bundle, timing_cache=tmp_path / "t", trt=_fake_trt(rt, parse_ok=False), cuda=Cuda(rt),
@@ -417,7 +426,7 @@ def test_build_engine_reports_parser_errors(tmp_path):
 # ---------------------------------------------------------------- no GPU
 @pytest.mark.parametrize("shape", ["returns", "raises"])  # cuda-bindings >= 12.9 / cuda-python 12.6
 def test_no_driver_is_a_clear_backend_error(tmp_path, shape):
-    bundle = make_toy_bundle(tmp_path / "s")
+    bundle = make_toy_bundle(tmp_path / "s", max_streams=1)
     rt = FakeCudaRuntime(no_driver=shape)
     with pytest.raises(CudaUnavailable, match=r"no usable CUDA GPU \(cudaGetDeviceCount failed.*nvidia-smi") as info:
         build_bundle_engines(bundle, trt=_fake_trt(rt), cuda=Cuda(rt), log=lambda s: None)
@@ -435,7 +444,7 @@ def test_trt_backend_without_tensorrt_says_what_to_install(tmp_path):
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("a TensorRT package is importable here: the missing-package path cannot be shown")
-    bundle = make_toy_bundle(tmp_path / "s")
+    bundle = make_toy_bundle(tmp_path / "s", max_streams=1)
     with pytest.raises(BackendError, match="needs TensorRT's Python package.*diffvos\\[trt-cu12\\]|needs TensorRT"):
         Runtime(bundle, backend="trt")
 
@@ -446,7 +455,7 @@ def test_real_tensorrt_engine_matches_onnxruntime(tmp_path):
     pytest.importorskip("tensorrt")
     import onnxruntime as ort
 
-    bundle = make_toy_bundle(tmp_path / "toy", ensemble=2)
+    bundle = make_toy_bundle(tmp_path / "toy", ensemble=2, max_streams=1)
     build_bundle_engines(bundle, workspace_gb=1, timing_cache=tmp_path / "t.cache", log=lambda s: None)
     runtime = Runtime(bundle, backend="trt")
     engines = [runtime.engines["features"], runtime.engines["features"].fork()]
@@ -464,7 +473,7 @@ def test_build_engine_command_line_sizes(tmp_path, capsys):
                                       "--graph", "features", "--graph", "vae_encoder"])
     assert (args.opt_size, args.max_size, args.graphs, args.workspace, args.opt_level) == \
         ("480x832", "832x832", ["features", "vae_encoder"], 4.0, 3)
-    bundle = make_toy_bundle(tmp_path / "d", height=None, width=None)
+    bundle = make_toy_bundle(tmp_path / "d", height=None, width=None, max_streams=1)
     assert main(["build-engine", "--bundle", str(bundle), "--max-size", "big"]) == 1
     assert "--max-size must be HxW (e.g. 480x832), got 'big'" in capsys.readouterr().err
     assert main(["build-engine", "--bundle", str(bundle), "--max-size", "4096x4096"]) == 1

@@ -23,6 +23,7 @@ from diffvos.bundle.manifest import (
     Latent,
     Manifest,
     Preprocess,
+    StreamBatch,
     TensorRTPlan,
     read_manifest,
     sha256_file,
@@ -33,5 +34,5 @@ __all__ = [
     "AFFINITY_KINDS", "DDIM", "NOISE_GRAPH", "Affinity",
     "FEATURES_GRAPH", "MANIFEST_NAME", "SCHEMA_VERSION", "VAE_GRAPH", "Calibration", "Checkpoint", "Comparison",
     "ExportFacts", "Flops", "Fp16Conversion", "GraphEntry", "GraphFacts", "Latent", "Manifest", "Preprocess",
-    "TensorRTPlan", "read_manifest", "sha256_file", "write_manifest",
+    "StreamBatch", "TensorRTPlan", "read_manifest", "sha256_file", "write_manifest",
 ]

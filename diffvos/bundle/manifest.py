@@ -8,7 +8,8 @@ Layout of a bundle::
 
     bundle/
       diffvos.json        manifest (this schema)
-      features.onnx       pixel- or latent-space feature graph: x_t [E,Cin,H,W] -> features [1,C,h,w]
+      features.onnx       pixel- or latent-space feature graph: x_t [B*E,Cin,H,W] -> features [B,C,h,w]
+                          (B streams of E draws each, B up to ``streams.max_streams``; B = 1 in older bundles)
       vae_encoder.onnx    (Stable Diffusion only) image [1,3,H,W] in [-1,1] -> latent [1,4,H/8,W/8], scaled
       noise_prediction.onnx  (optional, ``ddim`` section) x_t [1,Cin,H,W], timestep [1] -> eps [1,Cin,H,W]
       <graph>.plan        TensorRT engines written by ``diffvos build-engine`` (optional)
@@ -226,6 +227,20 @@ class DDIM:
 
 
 @dataclass
+class StreamBatch:
+    """How many streams one call of the feature graph takes (the batch axis).
+
+    A graph with ``max_streams`` > 1 takes x_t [B*E,Cin,H,W], stream b's E draws at rows
+    b*E..b*E+E-1, and returns features [B,C,h,w], the mean over each stream's draws; B may be
+    1..max_streams (the TensorRT profile's range). Older bundles (the default, 1) reduce the
+    whole batch to one stream, so the runtime steps their streams one call each.
+    """
+
+    max_streams: int = 1
+    opt_streams: int = 1  # the TensorRT profile's optimum
+
+
+@dataclass
 class Manifest:
     backbone: str  # adm | sd | mobilenetv2 | ...
     timestep: int  # diffusion time step t (0 for non-diffusion backbones)
@@ -252,6 +267,7 @@ class Manifest:
     fp16: Fp16Conversion | None = None
     affinity: Affinity = field(default_factory=Affinity)  # absent in older bundles: a feature map
     ddim: DDIM | None = None
+    streams: StreamBatch = field(default_factory=StreamBatch)  # absent in older bundles: one stream per call
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -288,6 +304,10 @@ class Manifest:
         if manifest.ddim is not None and manifest.ddim.graph not in manifest.graphs:
             raise BundleError(f"manifest field ddim.graph names '{manifest.ddim.graph}', which is not a graph of the bundle",
                               source)
+        s = manifest.streams
+        if not 1 <= s.opt_streams <= s.max_streams:
+            raise BundleError(f"manifest field streams must have 1 <= opt_streams <= max_streams, got "
+                              f"opt_streams={s.opt_streams}, max_streams={s.max_streams}", source)
         return manifest
 
 

@@ -104,10 +104,11 @@ def profile_sizes(manifest: Manifest, opt_hw: HW | None = None, max_hw: HW | Non
     return lo, opt, hi
 
 
-def graph_input_shape(manifest: Manifest, graph: str, hw: HW) -> tuple[int, ...]:
+def graph_input_shape(manifest: Manifest, graph: str, hw: HW, streams: int = 1) -> tuple[int, ...]:
     """The input shape of bundle graph ``graph`` for frames run at ``hw`` pixels: the graph's own
     fixed dimensions, its dynamic height/width from ``hw`` (divided by the VAE factor for the
-    feature graph of a latent model)."""
+    feature graph of a latent model), and for a feature graph with a stream axis ``streams`` x E
+    draws on axis 0."""
     from diffvos.bundle.manifest import FEATURES_GRAPH
 
     entry = manifest.graphs[graph]
@@ -119,15 +120,20 @@ def graph_input_shape(manifest: Manifest, graph: str, hw: HW) -> tuple[int, ...]
             shape.append(dim)
         elif axis in (len(dims) - 2, len(dims) - 1):
             shape.append(hw[axis - len(dims) + 2] // scale)
+        elif axis == 0 and graph == FEATURES_GRAPH and manifest.streams.max_streams > 1:
+            shape.append(streams * manifest.ensemble)
         else:
             raise InputError(f"graph '{graph}' has a dynamic dimension {dim!r} at axis {axis}; only height and "
                              "width may be dynamic")
     return tuple(shape)
 
 
-def graph_profile(manifest: Manifest, graph: str, opt_hw: HW | None = None,
-                  max_hw: HW | None = None) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) input shapes of ``graph`` for the sizes of :func:`profile_sizes`."""
+def graph_profile(manifest: Manifest, graph: str, opt_hw: HW | None = None, max_hw: HW | None = None,
+                  opt_streams: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) input shapes of ``graph`` for the sizes of :func:`profile_sizes`; a stream
+    axis spans 1 .. ``streams.max_streams``, optimised for ``opt_streams`` (default the manifest's)."""
     lo, opt, hi = profile_sizes(manifest, opt_hw, max_hw)
-    return graph_input_shape(manifest, graph, lo), graph_input_shape(manifest, graph, opt), \
-        graph_input_shape(manifest, graph, hi)
+    s = manifest.streams
+    best = min(max(opt_streams or s.opt_streams, 1), s.max_streams)
+    return (graph_input_shape(manifest, graph, lo, 1), graph_input_shape(manifest, graph, opt, best),
+            graph_input_shape(manifest, graph, hi, s.max_streams))

@@ -63,6 +63,8 @@ def register(sub: Subcommands) -> None:
                    "(default: a 854x480 frame by METHOD's rule)")
     p.add_argument("--max-size", help="largest HxW frame input size of a dynamic bundle's profile (default: the "
                    "square of the optimum's long side, e.g. 832x832; the execution context allocates for it)")
+    p.add_argument("--opt-streams", type=int, help="streams per call the profile is optimised for (default: the "
+                   "bundle's streams.opt_streams; the profile spans 1 .. streams.max_streams)")
     p.add_argument("--device", type=int, default=0, help="CUDA device (default 0)")
     p.set_defaults(func=run_build_engine)
 
@@ -123,5 +125,6 @@ def run_build_engine(args: argparse.Namespace) -> int:
 
     build_bundle_engines(args.bundle, graphs=args.graphs, workspace_gb=args.workspace, timing_cache=args.timing_cache,
                          opt_level=args.opt_level, opt_hw=_hw("--opt-size", args.opt_size),
-                         max_hw=_hw("--max-size", args.max_size), device=args.device)
+                         max_hw=_hw("--max-size", args.max_size), opt_streams=args.opt_streams,
+                         device=args.device)
     return 0

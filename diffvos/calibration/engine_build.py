@@ -6,7 +6,8 @@ builder precision flags, no implicit calibration (deprecated in TensorRT 10.1/10
 with one timing cache. Dynamic graphs get one optimisation profile over the frame sizes of
 :func:`diffvos.bundle.sizes.profile_sizes`: by default up to the square of 480p's long side, not
 the bundle's whole range, because an execution context allocates for the profile's maximum
-(``--max-size`` raises it). The plans are written into the bundle only once all are built, and
+(``--max-size`` raises it); a feature graph with a stream axis gets 1 .. ``streams.max_streams``
+streams of E draws. The plans are written into the bundle only once all are built, and
 the manifest records per graph the TensorRT version, GPU and compute capability, which the
 ``trt`` backend checks before loading. Torch-free; ``tensorrt`` and cuda-python are imported on use.
 """
@@ -78,7 +79,7 @@ def build_plan(onnx_path: str | Path, input_name: str, shapes: Profile, *, works
 def build_bundle_engines(bundle: str | Path, *, graphs: list[str] | None = None,
                          workspace_gb: float = TRT_WORKSPACE_GB, timing_cache: str | Path | None = None,
                          opt_level: int = TRT_OPT_LEVEL, opt_hw: HW | None = None, max_hw: HW | None = None,
-                         trt: Any = None, cuda: Cuda | None = None, device: int = 0,
+                         opt_streams: int | None = None, trt: Any = None, cuda: Cuda | None = None, device: int = 0,
                          log: Callable[[str], None] = print) -> dict[str, TensorRTPlan]:
     """Build the plans of ``graphs`` (default: every graph of the bundle) into the bundle and
     return the facts recorded in its manifest. Nothing is written unless every build succeeds."""
@@ -89,7 +90,7 @@ def build_bundle_engines(bundle: str | Path, *, graphs: list[str] | None = None,
     if unknown:
         raise BundleError(f"bundle has no graph {', '.join(map(repr, unknown))} (it has "
                           f"{', '.join(manifest.graphs)})", bundle)
-    profiles = {g: graph_profile(manifest, g, opt_hw, max_hw) for g in names}  # size errors before any work
+    profiles = {g: graph_profile(manifest, g, opt_hw, max_hw, opt_streams) for g in names}  # errors before any work
     trt = trt or import_trt()
     cuda = cuda or shared_cuda(device)
     gpu = cuda.device_facts(device)

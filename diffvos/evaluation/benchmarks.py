@@ -1,4 +1,4 @@
-"""`diffvos bench pipeline|scaling|efficiency`: options here, the work in ``diffvos.benchmarks``.
+"""`diffvos bench pipeline|scaling|efficiency|streams`: options here, the work in ``diffvos.benchmarks``.
 
 This module defines the benchmarks' command-line options with no heavy imports; the benchmark
 module (some need torch) is imported only when its subcommand runs. The other benchmarks run as
@@ -73,6 +73,16 @@ def add_efficiency_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
 
 
+def add_streams_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", nargs="+", help="bundle directories (default: a toy bundle built here)")
+    p.add_argument("--streams", nargs="+", type=int, default=[1, 2, 4, 8], help="stream counts (default 1 2 4 8)")
+    p.add_argument("--frames", type=int, default=6, help="timed frames per stream and repeat (default 6)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repeats per mode (median; default 3)")
+    p.add_argument("--size", help="HxW of the synthetic frames (default: the bundle's size, or 64x96 if dynamic)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: its own)")
+    p.add_argument("--memory", type=int, default=4, help="memory frames per stream (default 4)")
+
+
 def register(kinds: Subcommands) -> None:
     """Add the pipeline, scaling and efficiency subcommands to ``diffvos bench``."""
     specs = (
@@ -82,6 +92,8 @@ def register(kinds: Subcommands) -> None:
          "one propagation step as the grid and the memory grow: time and peak memory (CSV + PNG)"),
         ("efficiency", "efficiency", add_efficiency_arguments,
          "FLOPs of the feature graph, achieved FLOP/s and the share of the machine's matmul peak"),
+        ("streams", "streams", add_streams_arguments,
+         "many streams on one runtime: summed frames/s over 1, 2, 4, 8 streams, batched vs one by one"),
     )
     for name, script, add, text in specs:
         p = kinds.add_parser(name, help=text, description=text)

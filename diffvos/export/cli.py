@@ -25,6 +25,9 @@ def _common(p: argparse.ArgumentParser, backbone: str) -> None:
     p.add_argument("--dynamic", action="store_true", help="export dynamic height/width (slower engines)")
     p.add_argument("--min-size", type=int, nargs=2, metavar=("H", "W"), help="smallest H W of a dynamic bundle")
     p.add_argument("--max-size", type=int, nargs=2, metavar=("H", "W"), help="largest H W of a dynamic bundle")
+    p.add_argument("--max-streams", type=int, default=d.max_streams,
+                   help=f"streams one feature-graph call may take (batch = streams x E draws; the TensorRT profile's "
+                        f"maximum); 1: no stream axis (default {d.max_streams})")
     p.add_argument("--output", "-o", required=True, help="bundle directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
@@ -109,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         min_size=args.min_size or [prepared.stride * 4, prepared.stride * 4],
         max_size=args.max_size or list(DYNAMIC_MAX_SIZE),
         verify=not args.no_verify,
+        max_streams=args.max_streams,
     )
     if args.precision == "fp16":
         from diffvos.export.fp16 import convert_bundle_fp16
@@ -126,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         extra += f", noise-prediction graph '{manifest.ddim.graph}'"
     print(
         f"bundle written to {args.output}: {manifest.backbone}, layer {manifest.layer}, stride {manifest.stride}, "
-        f"{manifest.channels} channels, E={manifest.ensemble}, t={manifest.timestep}{extra} "
+        f"{manifest.channels} channels, E={manifest.ensemble}, t={manifest.timestep}, up to "
+        f"{manifest.streams.max_streams} streams per call{extra} "
         f"({time.perf_counter() - t0:.1f} s)"
     )
     return 0

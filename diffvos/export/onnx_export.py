@@ -19,6 +19,7 @@ import numpy as np
 
 from diffvos.bundle import (
     DDIM,
+    FEATURES_GRAPH,
     Affinity,
     Checkpoint,
     Comparison,
@@ -29,6 +30,7 @@ from diffvos.bundle import (
     Latent,
     Manifest,
     Preprocess,
+    StreamBatch,
     sha256_file,
     write_manifest,
 )
@@ -108,8 +110,10 @@ def versions() -> dict[str, str]:
     return found
 
 
-def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_folding: bool = True) -> GraphFacts:
-    """torch -> ONNX (TorchScript exporter: mature, deterministic names); returns graph facts."""
+def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_folding: bool = True,
+                 transform: Callable[[Any], Any] | None = None) -> GraphFacts:
+    """torch -> ONNX (TorchScript exporter: mature, deterministic names); returns graph facts.
+    ``transform`` rewrites the ``onnx.ModelProto`` before it is saved (the stream axis)."""
     import onnx
     import torch
 
@@ -127,6 +131,8 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, constant_foldi
             dynamo=False,
         )
     model = onnx.load(str(path))
+    if transform is not None:
+        model = transform(model)
     external = None
     weight_bytes = sum(int(np.prod(t.dims)) * 4 for t in model.graph.initializer)
     if model.ir_version > MAX_IR_VERSION:
@@ -182,10 +188,21 @@ def write_bundle(
     verify: bool = True,
     tolerance: dict[str, float] | None = None,
     opset: int = OPSET,
+    max_streams: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Manifest:
-    """Export every graph of ``prepared`` into a new bundle directory at ``output``."""
+    """Export every graph of ``prepared`` into a new bundle directory at ``output``.
+
+    ``max_streams`` (default: the backbone's, :data:`~diffvos.config.EXPORT_DEFAULTS`) > 1 gives
+    the feature graph a stream axis (:mod:`diffvos.export.batching`), verified on several streams.
+    """
+    from diffvos.config import EXPORT_DEFAULTS
+
     tolerance = tolerance or DEFAULT_TOLERANCE
+    if max_streams is None:
+        max_streams = EXPORT_DEFAULTS[prepared.backbone].max_streams if prepared.backbone in EXPORT_DEFAULTS else 1
+    if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
+        raise ExportError(f"--max-streams must be an integer >= 1, got {max_streams!r}")
     entries: dict[str, GraphEntry] = {}
     verification: dict[str, Comparison] = {}
     graph_facts: dict[str, GraphFacts] = {}
@@ -194,8 +211,11 @@ def write_bundle(
             file = f"{spec.name}.onnx"
             path = stage / file
             t0 = time.perf_counter()
+            transform, checked = None, spec
+            if spec.name == FEATURES_GRAPH and max_streams > 1:
+                spec, checked, transform = _with_stream_axis(spec, prepared.ensemble)
             log(f"exporting graph '{spec.name}' (input {list(spec.examples[0].shape)}) ...")
-            facts = export_graph(spec, path, opset=opset)
+            facts = export_graph(spec, path, opset=opset, transform=transform)
             facts.export_seconds = round(time.perf_counter() - t0, 3)
             graph_facts[spec.name] = facts
             import onnx
@@ -212,7 +232,7 @@ def write_bundle(
             if verify:
                 t0 = time.perf_counter()
                 log(f"verifying '{spec.name}' in ONNX Runtime against PyTorch ...")
-                v = verification[spec.name] = verify_graph(spec, path, tolerance)
+                v = verification[spec.name] = verify_graph(checked, path, tolerance)
                 v.seconds = round(time.perf_counter() - t0, 3)
                 log(f"  max abs error {v.max_abs_error:.3e}, cosine {v.cosine:.8f}")
         manifest = Manifest(
@@ -239,12 +259,44 @@ def write_bundle(
                                verification=verification, note=prepared.note),
             affinity=prepared.affinity,
             ddim=prepared.ddim,
+            streams=StreamBatch(max_streams=max_streams, opt_streams=max_streams),
         )
         for name, data in prepared.extra_files.items():
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
             (stage / name).write_bytes(data)
         write_manifest(stage, manifest)
     return manifest
+
+
+def _with_stream_axis(spec: GraphSpec, ensemble: int) -> tuple[GraphSpec, GraphSpec, Callable[[Any], Any]]:
+    """For a feature graph with a stream axis: the spec to export (a dynamic draw axis, traced on
+    several streams' draws), the spec to verify it with (PyTorch stream by stream on the same
+    input) and the ONNX rewrite that averages per stream."""
+    from dataclasses import replace
+
+    from diffvos.export import batching
+
+    axes = {k: dict(v) for k, v in (spec.dynamic_axes or {}).items()}
+    axes.setdefault(spec.input_name, {})[0] = batching.DRAWS_AXIS
+    exported = replace(spec, example=batching.stream_example(spec.example), dynamic_axes=axes)
+    checked = replace(exported, module=batching.per_stream_reference(spec.module, ensemble))
+    static_axes = [a for a in (1, 2, 3) if a not in (spec.dynamic_axes or {}).get(spec.output_name, {})]
+
+    def transform(model: Any) -> Any:
+        """The stream rewrite, then the output's static dimensions from one stream's PyTorch output
+        (the tracer names them when the draw axis is dynamic, e.g. after an attention reshape)."""
+        import torch
+
+        model = batching.batch_streams(model, ensemble)
+        with torch.no_grad():
+            reference = spec.module(spec.example).shape
+        dims = model.graph.output[0].type.tensor_type.shape.dim
+        for axis in static_axes:
+            if axis < len(dims):
+                dims[axis].dim_value = int(reference[axis])
+        return model
+
+    return exported, checked, transform
 
 
 def feature_dynamic_axes(input_name: str, output_name: str) -> dict[str, dict[int, str]]:

@@ -1,7 +1,8 @@
 """A small, real bundle built with onnx.helper: no torch, no checkpoint, milliseconds to run.
 
 Its feature graph is average-pool(stride) -> 1x1 conv (fixed random weights) -> tanh -> mean
-over the E draws, so colours map to distinct feature vectors and coloured objects can be
+over each stream's E draws (several streams per call up to ``max_streams``; 1 builds the older
+single-stream graph), so colours map to distinct feature vectors and coloured objects can be
 tracked end to end: for smoke tests of an installation, benchmarks of the runtime's own
 overhead, and the test suite. Needs ``onnx`` (the export extra), not torch.
 """
@@ -24,9 +25,13 @@ def make_toy_bundle(
     ensemble: int = 1,
     alpha_bar: float = 1.0,
     seed: int = 0,
+    max_streams: int = 8,
 ) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    from diffvos.bundle import StreamBatch
+    from diffvos.export.batching import batch_streams
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,6 +57,8 @@ def make_toy_bundle(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
+    if max_streams > 1:
+        model = batch_streams(model, ensemble)
     onnx.checker.check_model(model)
     onnx.save(model, out / "features.onnx")
     manifest = Manifest(
@@ -59,10 +66,17 @@ def make_toy_bundle(
         ensemble=ensemble, height=height, width=width, dynamic=dynamic,
         min_size=[stride, stride] if dynamic else None, max_size=[2048, 2048] if dynamic else None,
         graphs={"features": GraphEntry("features.onnx", sha256_file(out / "features.onnx"),
-                                       {"x_t": [ensemble, 3, h_dim, w_dim]}, {"features": [1, channels, fh, fw]})},
+                                       {"x_t": [_dim(model.graph.input[0], 0), 3, h_dim, w_dim]},
+                                       {"features": [_dim(model.graph.output[0], 0), channels, fh, fw]})},
+        streams=StreamBatch(max_streams=max_streams, opt_streams=max_streams),
     )
     if dynamic:
         manifest.preprocess.short_side = 64
         manifest.preprocess.multiple = stride
     write_manifest(out, manifest)
     return out
+
+
+def _dim(value_info, axis: int) -> int | str:
+    d = value_info.type.tensor_type.shape.dim[axis]
+    return d.dim_param or d.dim_value

@@ -55,6 +55,11 @@ class Features:
     def stride(self) -> int:
         return self.manifest.stride
 
+    @property
+    def max_streams(self) -> int:
+        """Streams one call of the feature graph takes (1 for bundles without a stream axis)."""
+        return self.manifest.streams.max_streams
+
     def input_size(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         return input_size(self.manifest, frame_hw)
 
@@ -87,11 +92,16 @@ class Features:
         self.timings = {"preprocess_ms": (t1 - t0) * 1e3, "vae_ms": (t2 - t1) * 1e3}
         return {self._input: injector(x0)}
 
+    def run(self, x_t: np.ndarray) -> np.ndarray:
+        """The feature graph on x_t [B*E, Cin, H, W] (B streams' prepared inputs, stacked; B = 1
+        unless the bundle has a stream axis) -> features [B, C, h, w], one engine call."""
+        return self.engine.infer({self._input: x_t})[self._output]
+
     def __call__(self, frame: np.ndarray, color: str = "BGR") -> np.ndarray:
         """uint8 HxWx3 frame -> float32 features [C, h, w]; per-stage timings in ``timings`` (ms)."""
-        feed = self.prepare(frame, color)
+        (x_t,) = self.prepare(frame, color).values()
         t0 = time.perf_counter()
-        features = self.engine.infer(feed)[self._output][0]
+        features = self.run(x_t)[0]
         self.timings["features_ms"] = (time.perf_counter() - t0) * 1e3
         return features
 

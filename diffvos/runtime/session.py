@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from diffvos.runtime.objects import ObjectManager
 from diffvos.runtime.postprocess import labels_to_onehot, soft_to_labels
 from diffvos.runtime.attention import AttentionPropagator, propagator_for
 from diffvos.runtime.propagation import Propagator
+
+if TYPE_CHECKING:
+    from diffvos.runtime.batch import StreamStep
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,21 @@ class SessionInfo:
     timings: dict[str, float] = field(default_factory=dict)  # ms, last step
     memory_bytes: int = 0
     frames: int = 0  # frames stepped since the video started (or the last reset)
+
+
+@dataclass(eq=False)
+class PendingStep:
+    """One session's step between :meth:`Session.begin` and :meth:`Session.finish`: the checked
+    arguments and the prepared feature-graph input ``x_t`` [E, Cin, H, W]."""
+
+    session: Session
+    x_t: np.ndarray
+    out: np.ndarray
+    mask: np.ndarray | None
+    new: list[int]  # object ids the mask adds
+    probs: np.ndarray | None
+    t0: float  # perf_counter at the start of the step's work
+    open: bool = True
 
 
 class Runtime:
@@ -109,6 +127,17 @@ class Runtime:
         if config is not None and options:
             raise InputError("give a SessionConfig or keyword options, not both")
         return Session(self, width, height, config or SessionConfig.from_options(**options))
+
+    def step_many(self, steps: Iterable[StreamStep | tuple], *,
+                  return_exceptions: bool = False) -> list[np.ndarray | Exception]:
+        """Step several sessions at once: the feature graph runs once on their stacked frames
+        (up to the bundle's ``streams.max_streams`` per call), then each session propagates on its
+        own memory. ``steps``: :class:`~diffvos.runtime.batch.StreamStep` or
+        ``(session, frame[, mask[, object_ids]])`` tuples, one per session; the label maps are
+        the ones :meth:`Session.step` would give. See :func:`diffvos.runtime.batch.step_many`."""
+        from diffvos.runtime.batch import step_many
+
+        return step_many(steps, return_exceptions=return_exceptions)
 
     def close(self) -> None:
         """Release the runtime's hold on the engines (sessions keep theirs until closed)."""
@@ -159,7 +188,22 @@ class Session:
         annotation wins where it marks the new objects). ``out`` receives the label map when given
         (C-contiguous uint8 HxW); ``probs`` (float32, :attr:`SessionInfo.prob_shape` after the
         call) receives the soft mask on the feature grid.
+
+        A step runs in three phases, shared with :meth:`Runtime.step_many` (several sessions, one
+        feature-graph call): :meth:`begin` (lock, check, prepare the graph input), the feature
+        graph, :meth:`finish` (propagate, postprocess).
         """
+        with self.begin(frame, out, mask, object_ids, probs) as pending:
+            t0 = time.perf_counter()
+            features = self.features.run(pending.x_t)[0]
+            return self.finish(pending, features, (time.perf_counter() - t0) * 1e3)
+
+    @contextlib.contextmanager
+    def begin(self, frame: np.ndarray, out: np.ndarray | None = None, mask: np.ndarray | None = None,
+              object_ids: Sequence[int] | None = None, probs: np.ndarray | None = None) -> Iterator[PendingStep]:
+        """Phase 1 of a step: hold the session, check every argument (a failure changes nothing)
+        and prepare the feature graph's input (``pending.x_t``); the session stays held until
+        the block ends, and :meth:`finish` must be called inside it."""
         with self._using():
             frame = _array("frame", frame, np.uint8, (self.height, self.width, 3))
             out = np.empty((self.height, self.width), np.uint8) if out is None else \
@@ -180,21 +224,36 @@ class Session:
                 probs = _array("probs", probs, np.float32, (k + 1, *self.grid), writeable=True)
             # nothing has changed until here
             t0 = time.perf_counter()
-            feats = self.features(frame, self.config.color)
-            t1 = time.perf_counter()
-            if not new:
-                soft = self.propagator.step(feats)
-                t2 = time.perf_counter()
-                soft_to_labels(soft, self.features.stride, out.shape, self.scaled, self.objects.lut, out)
-            else:  # new objects: their labels come (partly) from the mask, timed with the propagation
-                soft = self._start(feats, mask, new, out) if self.propagator is None else self._add(feats, mask, new, out)
-                t2 = time.perf_counter()
-            if probs is not None:
-                np.copyto(probs, soft)
-            t3 = time.perf_counter()
-            self.frames += 1
-            self.timings = {**self.features.timings, "propagate_ms": (t2 - t1) * 1e3,
-                            "postprocess_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
+            (x_t,) = self.features.prepare(frame, self.config.color).values()
+            pending = PendingStep(self, x_t, out, mask, new, probs, t0)
+            try:
+                yield pending
+            finally:
+                pending.open = False
+
+    def finish(self, pending: PendingStep, features: np.ndarray, features_ms: float = 0.0) -> np.ndarray:
+        """Phase 3 of a step: propagate ``features`` [C, h, w] (this frame's, from the feature
+        graph run on ``pending.x_t``), write and return the label map. ``features_ms``: the
+        graph call's time, for :attr:`timings`."""
+        if pending.session is not self or not pending.open:
+            raise InputError("finish() takes a pending step of this session, inside its begin() block, once")
+        pending.open = False
+        out, mask, new = pending.out, pending.mask, pending.new
+        t1 = time.perf_counter()
+        if not new:
+            soft = self.propagator.step(features)
+            t2 = time.perf_counter()
+            soft_to_labels(soft, self.features.stride, out.shape, self.scaled, self.objects.lut, out)
+        else:  # new objects: their labels come (partly) from the mask, timed with the propagation
+            soft = self._start(features, mask, new, out) if self.propagator is None else \
+                self._add(features, mask, new, out)
+            t2 = time.perf_counter()
+        if pending.probs is not None:
+            np.copyto(pending.probs, soft)
+        t3 = time.perf_counter()
+        self.frames += 1
+        self.timings = {**self.features.timings, "features_ms": features_ms, "propagate_ms": (t2 - t1) * 1e3,
+                        "postprocess_ms": (t3 - t2) * 1e3, "total_ms": (t3 - pending.t0) * 1e3}
         return out
 
     def _start(self, feats: np.ndarray, mask: np.ndarray, new: list[int], out: np.ndarray) -> np.ndarray:
