@@ -242,8 +242,9 @@ def test_inversion_makes_features_deterministic_and_noise_free(attention_bundle)
 
 
 def test_inversion_errors_name_the_problem(attention_bundle, adm_fixture_dir):
-    import diffvos
     from adm_bundle import tiny_adm_bundle
+
+    import diffvos
 
     runtime = diffvos.Runtime(attention_bundle, backend="cpu")
     with pytest.raises(InputError, match="exceeds the bundle's time step t=30"):

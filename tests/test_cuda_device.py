@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from diffvos.errors import BackendError
-from diffvos.runtime.cuda_device import Cuda, CudaError, CudaUnavailable, gpu_summary, load_cudart
+from diffvos.runtime.cuda_device import (
+    Cuda,
+    CudaError,
+    CudaUnavailable,
+    gpu_summary,
+    load_cudart,
+)
 from tests.conftest import gpu_skip_reason
 from tests.fake_cuda import FakeCudaRuntime
 

@@ -13,7 +13,13 @@ from diffvos.cli import main
 from diffvos.config import SegmentConfig
 from diffvos.errors import InputError
 from diffvos.evaluation.segments import score_segments
-from diffvos.runtime.segment import SceneContext, balanced_sample, choose_k, kmeans, silhouette
+from diffvos.runtime.segment import (
+    SceneContext,
+    balanced_sample,
+    choose_k,
+    kmeans,
+    silhouette,
+)
 
 pytest.importorskip("scipy")
 
@@ -198,7 +204,7 @@ def test_segment_refuses_bad_options_and_attention_bundles(toy, tmp_path, capsys
     import dataclasses
 
     import diffvos
-    from diffvos.bundle import Affinity, read_manifest, write_manifest
+    from diffvos.bundle import Affinity, read_manifest
     from diffvos.runtime.segment import SegmentSession
 
     m = read_manifest(toy)

@@ -6,7 +6,6 @@ idle eviction with an injected clock) is also tested in process."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

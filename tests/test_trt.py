@@ -15,7 +15,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from diffvos.bundle import GraphEntry, Latent, TensorRTPlan, read_manifest, write_manifest
+from diffvos.bundle import (
+    GraphEntry,
+    Latent,
+    TensorRTPlan,
+    read_manifest,
+    write_manifest,
+)
 from diffvos.bundle.sizes import graph_input_shape, graph_profile, profile_sizes
 from diffvos.calibration.engine_build import build_bundle_engines
 from diffvos.errors import BackendError, BundleError, ExportError, InputError
@@ -23,7 +29,12 @@ from diffvos.export.toy import make_toy_bundle
 from diffvos.runtime.cuda_device import Cuda, CudaError, CudaUnavailable
 from diffvos.runtime.engine import Engine
 from diffvos.runtime.session import Runtime
-from diffvos.runtime.trt_engine import TrtEngine, TrtPlan, TrtPlanLoader, check_plan_facts
+from diffvos.runtime.trt_engine import (
+    TrtEngine,
+    TrtPlan,
+    TrtPlanLoader,
+    check_plan_facts,
+)
 from tests.fake_cuda import FakeCudaRuntime
 
 

@@ -50,6 +50,7 @@ def measure(bundle: str | Path, streams: list[int], frames: int, repeats: int, s
                     s.step(clips[k][0][0], mask=clips[k][1][0])
             times: dict[str, list[float]] = {mode: [] for mode in modes}
             t = 1
+            last: list[np.ndarray] = []  # the one-by-one masks of the same frames (that mode runs first)
             for _ in range(repeats):
                 for mode, sessions in modes.items():
                     start = time.perf_counter()

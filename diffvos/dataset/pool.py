@@ -61,7 +61,12 @@ def run_pool(videos: list[Video], actor_args: tuple, *, actors: int, gpus_per_ac
              on_tick: Callable[[], None] | None = None) -> PoolResult:
     """Track ``videos`` on ``actors`` actors of the connected Ray cluster."""
     import ray
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+    from ray.exceptions import (
+        ActorDiedError,
+        ActorUnavailableError,
+        RayActorError,
+        RayTaskError,
+    )
 
     remote = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=-1,
                         max_task_retries=0)(VideoTracker)

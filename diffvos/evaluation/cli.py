@@ -83,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:  # fail before a long evaluation, not after it
         check_writable_dir(Path(args.csv).absolute().parent)
     if args.mode == "segments":
-        from diffvos.evaluation.segments import evaluate_segments, format_segments, segments_csv
+        from diffvos.evaluation.segments import (
+            evaluate_segments,
+            format_segments,
+            segments_csv,
+        )
 
         seg_report = evaluate_segments(args.predictions, args.annotations, args.sequences, args.resolution)
         print(format_segments(seg_report))

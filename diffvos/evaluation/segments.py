@@ -23,7 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from diffvos.errors import InputError
-from diffvos.evaluation.davis import VOID_LABEL, annotations_dir, jaccard, prediction_sequences, read_mask
+from diffvos.evaluation.davis import (
+    VOID_LABEL,
+    annotations_dir,
+    jaccard,
+    prediction_sequences,
+    read_mask,
+)
 from diffvos.io.frames import natural_key
 
 

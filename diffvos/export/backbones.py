@@ -10,7 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffvos.bundle import DDIM, NOISE_GRAPH, Affinity, Checkpoint, Flops, Latent, Preprocess, sha256_file
+from diffvos.bundle import (
+    DDIM,
+    NOISE_GRAPH,
+    Affinity,
+    Checkpoint,
+    Flops,
+    Latent,
+    Preprocess,
+    sha256_file,
+)
 from diffvos.bundle.sizes import check_size
 from diffvos.config import EXPORT_DEFAULTS
 from diffvos.errors import ExportError
@@ -42,7 +51,12 @@ def _dynamic(dynamic: bool) -> dict[str, dict[int, str]] | None:
 def _noise_graph(module: Any, x_t: Any, timestep: int, dynamic: bool, alphas: Any, schedule: str,
                  prediction: str = "epsilon") -> tuple[GraphSpec, DDIM]:
     """The noise-prediction graph for DDIM inversion and its manifest section."""
-    from diffvos.export.ddim import NOISE_INPUTS, NOISE_OUTPUT, example_inputs, noise_dynamic_axes
+    from diffvos.export.ddim import (
+        NOISE_INPUTS,
+        NOISE_OUTPUT,
+        example_inputs,
+        noise_dynamic_axes,
+    )
 
     spec = GraphSpec(NOISE_GRAPH, module.eval(), example_inputs(x_t, timestep), NOISE_INPUTS, NOISE_OUTPUT,
                      noise_dynamic_axes(dynamic))
@@ -81,7 +95,11 @@ def prepare_adm(checkpoint: str | Path, *, model_config: str | Path | None = Non
         raise ExportError(f"ensemble size must be >= 1, got {ensemble}")
     affinity, stride, channels = Affinity(), table[layer]["stride"], table[layer]["channels"]
     if attention:
-        from diffvos.export.attention import TruncatedADMAttention, adm_attention_table, attention_row
+        from diffvos.export.attention import (
+            TruncatedADMAttention,
+            adm_attention_table,
+            attention_row,
+        )
 
         row = attention_row(adm_attention_table(skeleton, height, width), layer, "ADM")
         affinity = Affinity(kind="attention", heads=row["heads"], head_dim=row["head_dim"], module=row["module"])
@@ -196,7 +214,11 @@ def prepare_sd(model: str | Path, *, timestep: int = SD.timestep, layer: int = S
     row = table[layer]
     affinity = Affinity()
     if attention:
-        from diffvos.export.attention import TruncatedSDAttention, attention_row, sd_attention_table
+        from diffvos.export.attention import (
+            TruncatedSDAttention,
+            attention_row,
+            sd_attention_table,
+        )
 
         arow = attention_row(sd_attention_table(c.unet, -(-height // f), -(-width // f), f), layer, "SD")
         affinity = Affinity(kind="attention", heads=arow["heads"], head_dim=arow["head_dim"], module=arow["module"])

@@ -155,7 +155,12 @@ def run_prompt_learn(args: argparse.Namespace) -> int:
     from diffvos.bundle.sizes import check_size
     from diffvos.errors import InputError
     from diffvos.export import backbones
-    from diffvos.export.prompt_learning import learn_prompt, load_text_side, loss_plot_png, report_json
+    from diffvos.export.prompt_learning import (
+        learn_prompt,
+        load_text_side,
+        loss_plot_png,
+        report_json,
+    )
     from diffvos.export.sd import VAEEncoderGraph, load_sd
     from diffvos.io.atomic import prepare_output_dir
     from diffvos.io.masks import check_mask_size, read_mask

@@ -91,7 +91,12 @@ def check_nvidia_smi(probes: Probes) -> list[Check]:
 
 
 def check_cuda_python(probes: Probes, facts: dict[str, Any]) -> list[Check]:
-    from diffvos.runtime.cuda_device import Cuda, CudaError, cuda_python_version, gpu_summary
+    from diffvos.runtime.cuda_device import (
+        Cuda,
+        CudaError,
+        cuda_python_version,
+        gpu_summary,
+    )
 
     try:
         cuda = probes.cuda or Cuda()
@@ -151,11 +156,11 @@ def check_onnxruntime(probes: Probes, start: bool, facts: dict[str, Any]) -> lis
 
 def start_providers(ort: Any, available: list[str], probes: Probes) -> list[Check]:
     """Load and run the tiny graph on each listed provider, through the loader tracking uses."""
+    import numpy as np
+
     from diffvos.config import ORT_PROVIDERS
     from diffvos.runtime.ort_engine import OrtLoader
     from diffvos.runtime.ort_options import GpuOptions
-
-    import numpy as np
 
     out = []
     with tempfile.TemporaryDirectory(prefix="diffvos-doctor-") as tmp:

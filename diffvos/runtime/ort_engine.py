@@ -31,8 +31,20 @@ from diffvos.config import ORT_PROVIDERS
 from diffvos.errors import BackendError
 from diffvos.runtime.caches import libnvinfer_version
 from diffvos.runtime.engine import EngineBase, TensorMeta
-from diffvos.runtime.ort_log import Captured, capture_native_output, first_line, provider_messages
-from diffvos.runtime.ort_options import CPU, CUDA, TENSORRT, GpuOptions, engine_facts, provider_options
+from diffvos.runtime.ort_log import (
+    Captured,
+    capture_native_output,
+    first_line,
+    provider_messages,
+)
+from diffvos.runtime.ort_options import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    GpuOptions,
+    engine_facts,
+    provider_options,
+)
 
 ORT_BACKENDS = ("auto", "tensorrt", "cuda", "cpu")
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,

@@ -35,12 +35,12 @@ from diffvos.errors import (
     InvalidBufferError,
     NotStartedError,
 )
+from diffvos.runtime.attention import AttentionPropagator, propagator_for
 from diffvos.runtime.backends import loaders_for
 from diffvos.runtime.engine import Engine, Loader
 from diffvos.runtime.features import Features
 from diffvos.runtime.objects import ObjectManager
 from diffvos.runtime.postprocess import labels_to_onehot, soft_to_labels
-from diffvos.runtime.attention import AttentionPropagator, propagator_for
 from diffvos.runtime.propagation import Propagator
 
 if TYPE_CHECKING:

@@ -35,7 +35,13 @@ from diffvos.bundle import FEATURES_GRAPH, Manifest, TensorRTPlan, sha256_file
 from diffvos.errors import BackendError, BundleError, InputError
 from diffvos.runtime.cuda_device import Cuda, shared_cuda
 from diffvos.runtime.engine import EngineBase, TensorMeta
-from diffvos.runtime.trt_api import create, engine_device_memory, import_trt, logged, make_logger
+from diffvos.runtime.trt_api import (
+    create,
+    engine_device_memory,
+    import_trt,
+    logged,
+    make_logger,
+)
 
 PROVIDER = "TensorRT (native)"
 Shape = tuple[int, ...]

@@ -21,7 +21,14 @@ from diffvos.config import SessionConfig
 from diffvos.errors import DiffvosError, InputError, NoSuchObjectError, NotStartedError
 from diffvos.runtime.batch import StreamStep
 from diffvos.runtime.session import Runtime, Session
-from diffvos.serve.protocol import FRAME, INTERNAL, INVALID, MASK, NOT_FOUND, UNAVAILABLE
+from diffvos.serve.protocol import (
+    FRAME,
+    INTERNAL,
+    INVALID,
+    MASK,
+    NOT_FOUND,
+    UNAVAILABLE,
+)
 
 EVICTION_MARGIN_S = 1.0  # Triton expires an idle sequence first; the table follows a little later
 
