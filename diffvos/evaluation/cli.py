@@ -32,6 +32,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--csv", metavar="OUT",
                    help="write the global results to OUT and the per-object results to "
                    "<OUT stem>.per-sequence.csv beside it")
+    p.add_argument("--force", action="store_true", help="replace existing CSV files")
     p.add_argument("--resolution", default="480p", help="annotation resolution folder (default 480p)")
     p.add_argument("--exclude-void", action="store_true",
                    help="leave ground-truth void pixels (255) out of both masks; the benchmark's code "
@@ -45,6 +46,7 @@ def register(sub: Subcommands) -> None:
     q.add_argument("--davis", required=True, help="DAVIS root (JPEGImages/480p, Annotations/480p)")
     q.add_argument("--sequences", nargs="+", metavar="SEQ", help="default: every sequence")
     q.add_argument("--output", default="diffvos-quality", help="where the predicted masks go")
+    q.add_argument("--force", action="store_true", help="replace predictions already in --output")
     q.add_argument("--no-progress", action="store_true")
     from diffvos.config import add_session_options
 
@@ -62,19 +64,20 @@ def run(args: argparse.Namespace) -> int:
         global_csv,
         per_sequence_csv,
     )
-    from diffvos.io.atomic import check_writable_dir, write_text_atomic
+    from diffvos.io.atomic import write_text_atomic
+    from diffvos.io.outputs import guard_outputs
 
-    if args.csv:  # fail before a long evaluation, not after it
-        check_writable_dir(Path(args.csv).absolute().parent)
-    report = evaluate_davis(args.predictions, args.annotations, args.sequences,
-                            exclude_void=args.exclude_void, resolution=args.resolution)
-    print(format_report(report))
-    if args.csv:
-        out = Path(args.csv)
-        seq_out = per_sequence_path(out)
-        write_text_atomic(out, global_csv(report))
-        write_text_atomic(seq_out, per_sequence_csv(report))
-        print(f"\nwrote {out} and {seq_out}")
+    csvs = {"--csv": args.csv, "per-sequence CSV": per_sequence_path(args.csv)} if args.csv else {}
+    inputs = {"predictions": args.predictions, "annotations": args.annotations}
+    with guard_outputs(csvs, inputs, force=args.force):  # checked before a long evaluation, not after it
+        report = evaluate_davis(args.predictions, args.annotations, args.sequences,
+                                exclude_void=args.exclude_void, resolution=args.resolution)
+        print(format_report(report))
+        if args.csv:
+            out, seq_out = Path(args.csv), per_sequence_path(args.csv)
+            write_text_atomic(out, global_csv(report))
+            write_text_atomic(seq_out, per_sequence_csv(report))
+            print(f"\nwrote {out} and {seq_out}")
     return 0
 
 
@@ -85,6 +88,6 @@ def run_quality(args: argparse.Namespace) -> int:
 
     config = session_config_from_args(args)
     report, runs = track_davis(open_runtime(args.bundle, args), args.davis, args.output, args.sequences, config=config,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, force=args.force)
     print(format_quality(report, runs, f"bundle {args.bundle}, mag-filter {args.mag_filter}"))
     return 0

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping
 from diffvos.errors import OutputError
 from diffvos.io.atomic import current_umask, swap_in, write_text_atomic
 
-RUN_MANIFEST = "diffvos-run.json"
+RUN_MANIFEST = ".diffvos-run.json"  # hidden: a mask folder stays one PNG per frame for other tools
 LOCK_SUFFIX = ".diffvos-lock"
 RUN_SCHEMA = 1
 _SAVE_EVERY_S = 1.0  # a run's manifest is rewritten at most this often while frames are written
