@@ -196,13 +196,14 @@ def _writable_parent(path: Path) -> None:
         raise OutputError(f"cannot create the output: the folder {parent} is not writable", path)
 
 
-def check_output_file(path: str | Path, role: str, *, force: bool = False) -> Path:
-    """A file output (overlay video, CSV): not a folder, in a writable folder, and not an
-    existing file unless ``force``."""
+def check_output_file(path: str | Path, role: str, *, inputs: Mapping[str, str | Path | None] = {},
+                      force: bool = False) -> Path:
+    """A file output (overlay video, CSV): not a folder, apart from the inputs, in a writable
+    folder, and not an existing file unless ``force``."""
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"{role} is a folder; give a file name (e.g. {path / ('out' + (path.suffix or '.mp4'))})"
-                          if role == "--overlay" else f"{role} is a folder; give a file name", path)
+        raise OutputError(f"{role} is a folder; give a file name", path)
+    check_apart({role: path}, inputs)
     if path.exists() and not force:
         raise OutputError(f"{role} exists; use --force to replace it", path)
     _writable_parent(path)
@@ -211,12 +212,15 @@ def check_output_file(path: str | Path, role: str, *, force: bool = False) -> Pa
     return path
 
 
-def check_output_dir(path: str | Path, role: str = "--output", *, force: bool = False, resume: bool = False) -> str:
-    """A folder output: 'new' (absent or empty), 'replace' (non-empty with ``force``) or 'resume'
-    (non-empty with ``resume``); anything else is refused with the reason and the way out."""
+def check_output_dir(path: str | Path, role: str = "--output", *, inputs: Mapping[str, str | Path | None] = {},
+                     force: bool = False, resume: bool = False) -> str:
+    """A folder output apart from the inputs: 'new' (absent or empty), 'replace' (non-empty with
+    ``force``) or 'resume' (non-empty with ``resume``); anything else is refused with the reason
+    and the way out."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{role} must be a folder, but this is a file", path)
+    check_apart({role: path}, inputs)
     if not path.exists():
         _writable_parent(path)
         return "new"
@@ -243,12 +247,11 @@ def guard_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str,
     locks for the block: for commands that write through :func:`~diffvos.io.atomic.staged_directory`
     or atomic files themselves (export, calibrate, fp16, eval's CSV)."""
     present = {k: v for k, v in outputs.items() if v is not None}
-    check_apart(present, inputs)
     for role, path in present.items():
         if role in dirs:
-            check_output_dir(path, role, force=force)
+            check_output_dir(path, role, inputs=inputs, force=force)
         else:
-            check_output_file(path, role, force=force)
+            check_output_file(path, role, inputs=inputs, force=force)
     with contextlib.ExitStack() as stack:
         for path in present.values():
             stack.enter_context(OutputLock(path))
@@ -333,8 +336,7 @@ class RunFolder:
         self.final = Path(path).absolute()
         self.record = record
         self.role = role
-        check_apart({role: self.final}, inputs)
-        self.mode = check_output_dir(self.final, role, force=force, resume=resume)
+        self.mode = check_output_dir(self.final, role, inputs=inputs, force=force, resume=resume)
         self.done = 0  # frames handled by an earlier run (resume): not to be written again
         self.skipped_before: list[dict[str, Any]] = []
         self.dir = self.final

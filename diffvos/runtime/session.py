@@ -41,6 +41,7 @@ from diffvos.runtime.features import Features
 from diffvos.runtime.objects import ObjectManager
 from diffvos.runtime.postprocess import labels_to_onehot, soft_to_labels
 from diffvos.runtime.propagation import Propagator
+from diffvos.runtime.threads import ThreadPlan, plan_threads
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,11 @@ class Runtime:
     """
 
     def __init__(self, bundle: str | Path, backend: str = "auto", threads: int = 0, verify_files: bool = True,
-                 *, loaders: Mapping[str, Loader] | None = None) -> None:
+                 *, loaders: Mapping[str, Loader] | None = None, thread_plan: ThreadPlan | None = None) -> None:
         if not isinstance(bundle, (str, Path)):
             raise InputError(f"bundle must be a path, not {type(bundle).__name__}")
         self.config = RuntimeConfig(backend=backend, threads=threads, verify_files=verify_files)
+        self.thread_plan = thread_plan or plan_threads(self.config.threads)  # BLAS threads of every step
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle, verify_files=verify_files)
         loaders = loaders or loaders_for(self.bundle, self.manifest, self.config)
@@ -136,6 +138,7 @@ class Session:
                 raise InputError(f"{name} must be an integer in 1..{MAX_FRAME_SIDE}, got {v!r}")
         self.config = config or SessionConfig()
         self.width, self.height = int(width), int(height)
+        self.thread_plan = runtime.thread_plan
         self.features = Features(runtime.manifest, runtime.engines, self.config.seed, self.config.fresh_noise)
         self.grid = self.features.grid_size((self.height, self.width))  # a dynamic bundle's range -> InputError
         self.scaled = self.features.input_size((self.height, self.width))
@@ -158,7 +161,7 @@ class Session:
         (C-contiguous uint8 HxW); ``probs`` (float32, :attr:`SessionInfo.prob_shape` after the
         call) receives the soft mask on the feature grid.
         """
-        with self._using():
+        with self._using(), self.thread_plan.blas():
             frame = _array("frame", frame, np.uint8, (self.height, self.width, 3))
             out = np.empty((self.height, self.width), np.uint8) if out is None else \
                 _array("out", out, np.uint8, (self.height, self.width), writeable=True)

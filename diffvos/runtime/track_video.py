@@ -21,7 +21,7 @@ from diffvos.config import SessionConfig
 from diffvos.errors import DecodeError
 from diffvos.io.frames import BadFrame, FrameSource, open_frames
 from diffvos.io.masks import MaskInfo, MaskWriter, check_mask_size, read_mask
-from diffvos.io.outputs import OutputLock, RunFolder, RunRecord, check_apart, check_output_file, fingerprint
+from diffvos.io.outputs import OutputLock, RunFolder, RunRecord, check_output_file, fingerprint
 from diffvos.io.overlay import OverlayWriter
 from diffvos.runtime.session import Runtime
 
@@ -100,8 +100,7 @@ class TrackJob:
         mask = read_mask(mask_path)
         labels = check_mask_size(mask, source.size, resize=resize_mask)
         if overlay is not None:
-            check_apart({"--overlay": overlay}, inputs)
-            check_output_file(overlay, "--overlay", force=force)
+            check_output_file(overlay, "--overlay", inputs=inputs, force=force)
         record = RunRecord(
             command="track", version=__version__,
             inputs={"frames": fingerprint(input_path), "mask": fingerprint(mask_path),
