@@ -323,8 +323,10 @@ def read_run_record(folder: str | Path) -> RunRecord | None:
 class RunFolder:
     """A run's output folder under the policy (see the module docstring).
 
-    Use as a context manager around the run: checks and the lock happen in ``__init__`` /
-    ``__enter__``, before the first frame. Write files under :attr:`dir`; call
+    Use as a context manager around the run. ``__init__`` checks the folder and takes its lock
+    (so a second run is told another one is writing, whatever the folder holds by then); the
+    block's end releases it (:meth:`release` gives it up when the run never starts). Write files
+    under :attr:`dir`; call
     :meth:`progress` as frames are done; leaving the block without an exception marks the run
     complete (and swaps a replaced folder in); leaving it with one keeps a new or resumed
     folder's finished frames, recorded as incomplete for ``--resume`` (or removes the folder when
@@ -336,16 +338,27 @@ class RunFolder:
         self.final = Path(path).absolute()
         self.record = record
         self.role = role
-        self.mode = check_output_dir(self.final, role, inputs=inputs, force=force, resume=resume)
+        if self.final.exists() and not self.final.is_dir():
+            raise OutputError(f"{role} must be a folder, but this is a file", self.final)
+        check_apart({role: self.final}, inputs)  # before the lock, which may create the parent folder
         self.done = 0  # frames handled by an earlier run (resume): not to be written again
-        self.skipped_before: list[dict[str, Any]] = []
         self.dir = self.final
         self._lock = OutputLock(self.final)
         self._created = False
         self._saved_at = 0.0
         self.kept_note = ""
-        if self.mode == "resume":
-            self._check_resume()
+        self._lock.acquire()
+        try:
+            self.mode = check_output_dir(self.final, role, inputs=inputs, force=force, resume=resume)
+            if self.mode == "resume":
+                self._check_resume()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def release(self) -> None:
+        """Give up the folder without running (its lock is released; nothing was written)."""
+        self._lock.release()
 
     def _check_resume(self) -> None:
         old = read_run_record(self.final)
@@ -357,7 +370,6 @@ class RunFolder:
             raise OutputError(f"cannot resume: the run recorded there differs in {', '.join(diff)}; use --force to "
                               "replace it, or give the same inputs and options", self.final)
         self.done = int(old.frames_done)
-        self.skipped_before = list(old.skipped)
         self.record.frames_done = self.done
         self.record.skipped = list(old.skipped)
         self.record.complete = bool(old.complete)
@@ -371,7 +383,6 @@ class RunFolder:
         return p
 
     def __enter__(self) -> RunFolder:
-        self._lock.acquire()
         try:
             if self.mode == "replace":
                 stage = tempfile.mkdtemp(prefix=f".{self.final.name}.staging-", dir=self.final.parent)

@@ -59,7 +59,11 @@ def run_track(args: argparse.Namespace) -> int:
     job = TrackJob.prepare(args.input, args.mask, args.output, bundle=args.bundle, overlay=args.overlay, config=config,
                            resize_mask=args.resize_mask, force=args.force, resume=args.resume,
                            skip_bad_frames=args.skip_bad_frames)  # every check before the bundle loads
-    summary = job.run(open_runtime(args.bundle, args), progress=not args.no_progress,
-                      log=lambda line: print(line, file=sys.stderr))
+    try:
+        runtime = open_runtime(args.bundle, args)
+    except BaseException:
+        job.cancel()
+        raise
+    summary = job.run(runtime, progress=not args.no_progress, log=lambda line: print(line, file=sys.stderr))
     print(summary.line())
     return 0

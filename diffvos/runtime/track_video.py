@@ -86,6 +86,7 @@ class TrackJob:
     folder: RunFolder
     overlay: Path | None
     config: SessionConfig
+    overlay_lock: OutputLock | None = None  # held from prepare() to the end of run()
 
     @classmethod
     def prepare(cls, input_path: str | Path, mask_path: str | Path, output_dir: str | Path, *, bundle: str | Path,
@@ -107,30 +108,61 @@ class TrackJob:
                     "bundle": fingerprint(Path(bundle) / MANIFEST_NAME)},
             options={**dataclasses.asdict(config), "resize_mask": resize_mask, "skip_bad_frames": skip_bad_frames},
         )
-        folder = RunFolder(output_dir, record, inputs=inputs, force=force, resume=resume)
-        bad = source.scan()  # every frame decodes (or is listed, with skip_bad) before any output exists
-        if bad and bad[0].index == 0:
-            raise DecodeError(f"the first frame ({bad[0].name}) carries the mask and cannot be skipped: "
-                              f"{bad[0].reason}", input_path, 0)
+        overlay_lock = None if overlay is None else OutputLock(overlay)
+        if overlay_lock is not None:
+            overlay_lock.acquire()
+        folder = None
+        try:
+            folder = RunFolder(output_dir, record, inputs=inputs, force=force, resume=resume)  # takes its lock
+            bad = source.scan()  # every frame decodes (or is listed, with skip_bad) before any output exists
+            if bad and bad[0].index == 0:
+                raise DecodeError(f"the first frame ({bad[0].name}) carries the mask and cannot be skipped: "
+                                  f"{bad[0].reason}", input_path, 0)
+        except BaseException:
+            if folder is not None:
+                folder.release()
+            if overlay_lock is not None:
+                overlay_lock.release()
+            raise
         record.frames_total = len(source) + sum(b.index >= len(source) for b in bad)
-        return cls(source, mask, labels, bad, folder, None if overlay is None else Path(overlay), config)
+        return cls(source, mask, labels, bad, folder, None if overlay is None else Path(overlay), config, overlay_lock)
+
+    def cancel(self) -> None:
+        """Release the outputs' locks of a job that will not run."""
+        self.folder.release()
+        if self.overlay_lock is not None:
+            self.overlay_lock.release()
 
     def run(self, runtime: Runtime, progress: bool = True, log: Log | None = None) -> TrackSummary:
+        """Track, write, and release the outputs' locks (whatever happens)."""
+        log = log or (lambda _: None)
+        try:
+            return self._run(runtime, progress, log)
+        finally:
+            if self.overlay_lock is not None:
+                self.overlay_lock.release()
+
+    def _run(self, runtime: Runtime, progress: bool, log: Log) -> TrackSummary:
         from tqdm import tqdm
 
-        log = log or (lambda _: None)
         source, folder = self.source, self.folder
         height, width = source.size
         if folder.mode == "resume" and folder.record.complete:
+            folder.release()
             log(f"{folder.final}: the run recorded there is complete; nothing to do")
             return TrackSummary(0, 0.0, runtime.provider, output_dir=str(folder.final), skipped=self.bad)
-        session = runtime.session(width, height, self.config)
-        for note in mask_notes(self.mask, source.size, session.scaled, session.features.stride):
+        try:
+            session = runtime.session(width, height, self.config)
+            notes = mask_notes(self.mask, source.size, session.scaled, session.features.stride)
+        except BaseException:
+            folder.release()
+            raise
+        for note in notes:
             log(note)
         totals: dict[str, float] = {}
         frames = replayed = 0
         t0 = time.perf_counter()
-        with file_locks(self.overlay), folder:
+        with folder:
             writer = MaskWriter(folder.dir, self.mask.palette)
             overlay_writer = None
             if self.overlay is not None:
@@ -177,17 +209,6 @@ class TrackJob:
             skipped=self.bad,
             replayed=replayed,
         )
-
-
-def file_locks(*paths: Path | None):
-    """Hold the locks of the file outputs given (None: none) for a block."""
-    import contextlib
-
-    stack = contextlib.ExitStack()
-    for p in paths:
-        if p is not None:
-            stack.enter_context(OutputLock(p))
-    return stack
 
 
 def track_video(
