@@ -501,3 +501,93 @@ def test_export_calibrate_fp16_refuse_outputs_in_their_inputs(bundle, work, tmp_
     assert main(["export", "mobilenetv2", "--weights", str(weights), "--output", str(weights.parent)]) == 1
     assert "contains the weights input" in err_of(capsys)
     assert tree(bundle) == before and weights.read_bytes() == b"not really weights"
+
+
+# --- 8. the API: a failing call has no side effect --------------------------------------------------------
+
+
+def _bad_calls(session, frame: np.ndarray, mask: np.ndarray | None, k_new: int):
+    """(description, call, exception type) of calls that must fail without changing anything."""
+    from diffvos.errors import InputError, InvalidBufferError
+
+    h, w = frame.shape[:2]
+    good_out = np.zeros((h, w), np.uint8)
+    read_only = np.zeros((h, w), np.uint8)
+    read_only.setflags(write=False)
+    k = len(session.info.object_ids) + k_new
+    grid = session.info.prob_shape[1:]
+    calls = [
+        ("flipped out", dict(out=np.zeros((h, w), np.uint8)[::-1]), InvalidBufferError),
+        ("Fortran-order out", dict(out=np.asfortranarray(np.zeros((h, w), np.uint8))), InvalidBufferError),
+        ("strided out", dict(out=np.zeros((h, 2 * w), np.uint8)[:, ::2]), InvalidBufferError),
+        ("read-only out", dict(out=read_only), InvalidBufferError),
+        ("int32 out", dict(out=np.zeros((h, w), np.int32)), InvalidBufferError),
+        ("frame of another size", dict(frame=frame[:-1]), InvalidBufferError),
+        ("float frame", dict(frame=frame.astype(np.float32)), InvalidBufferError),
+        ("probs of the old object count", dict(probs=np.zeros((k, *grid), np.float32), out=good_out), InvalidBufferError),
+        ("flipped probs", dict(probs=np.zeros((k + 1, *grid), np.float32)[::-1]), InvalidBufferError),
+    ]
+    if mask is not None:
+        calls += [
+            ("int64 mask", dict(mask=mask.astype(np.int64)), InvalidBufferError),
+            ("object id not in the mask", dict(mask=mask, object_ids=[77]), InputError),
+            ("object id that is a bool", dict(mask=mask, object_ids=[True]), InputError),
+        ]
+    else:
+        calls += [("object_ids without a mask", dict(object_ids=[1]), InputError)]
+    for name, kw, exc in calls:
+        kw.setdefault("frame", frame)
+        if mask is not None:
+            kw.setdefault("mask", mask)
+        yield name, kw, exc
+
+
+def _state(session) -> tuple:
+    info = session.info
+    return info.object_ids, info.prob_shape, info.frames, info.memory_bytes
+
+
+def test_every_failing_step_leaves_the_session_as_if_never_made(tmp_path):
+    """Session A gets every bad call before each good one; session B only the good ones. Their
+    info and every result must be identical (issue 11, item 8)."""
+    import diffvos
+    from diffvos.errors import NoSuchObjectError, NotStartedError
+    from diffvos.sample_clip import moving_squares
+
+    frames, truths = moving_squares(8)
+    b = make_toy_bundle(tmp_path / "toy", height=64, width=96)
+    with diffvos.Runtime(b, backend="cpu") as rt:
+        a, twin = rt.session(96, 64), rt.session(96, 64)
+        with pytest.raises(NotStartedError):
+            a.step(frames[0])
+        first = np.where(truths[0] == 1, 1, 0).astype(np.uint8)  # object 2 is added mid-video
+        later = np.where(truths[3] == 2, 2, 0).astype(np.uint8)
+        for t, frame in enumerate(frames):
+            mask = first if t == 0 else later if t == 3 else None
+            new = 1 if mask is not None else 0
+            for name, kw, exc in _bad_calls(a, frame, mask, new):
+                before = _state(a)
+                with pytest.raises(exc):
+                    a.step(**kw)
+                assert _state(a) == before, name
+            if t > 0:
+                with pytest.raises(NoSuchObjectError):
+                    a.remove(9)
+            pa = np.full((len(a.info.object_ids) + new + 1, *a.info.prob_shape[1:]), -1, np.float32)
+            pb = pa.copy()
+            flipped = np.ascontiguousarray(frame[::-1])[::-1]  # a non-contiguous frame is fine as input
+            out_a = a.step(flipped, mask=mask, probs=pa)
+            out_b = twin.step(frame, mask=mask, probs=pb)
+            assert np.array_equal(out_a, out_b) and np.array_equal(pa, pb), f"frame {t}"
+            assert _state(a) == _state(twin)
+        assert a.info.object_ids == [1, 2]
+
+
+def test_runtime_of_a_non_path_is_an_input_error():
+    import diffvos
+    from diffvos.errors import InputError
+    from diffvos.runtime.capi.status import Status, status_of
+
+    with pytest.raises(InputError, match="bundle must be a path, not int") as caught:
+        diffvos.Runtime(42)
+    assert status_of(caught.value) == Status.INVALID_ARGUMENT  # not INTERNAL at the C boundary
