@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=0, help="track only the first N frames (0: all)")
     ap.add_argument("--also-threads", type=int, nargs="*", default=[], metavar="N",
                     help="also measure --threads N (ONNX Runtime and BLAS at N threads)")
+    ap.add_argument("--baseline-runs", type=int, default=0,
+                    help="runs per case of the library defaults (default: --runs; they are slow when loaded)")
     ap.add_argument("--skip-defaults", action="store_true", help="leave out the library defaults (slow when loaded)")
     args = ap.parse_args(argv)
 
@@ -106,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         runtime = diffvos.Runtime(bundle, backend="cpu", thread_plan=plan,
                                   loaders={FEATURES_GRAPH: OrtLoader(graph, backend="cpu", plan=plan)})
         track_once(runtime, frames[:3], first)  # warm-up
+        count = args.baseline_runs or args.runs if name == "library defaults" else args.runs
         for load in ("unloaded", "loaded"):
             runs = []
             if load == "loaded":
                 with Hogs(hogs):
-                    runs = [track_once(runtime, frames, first)[0] for _ in range(args.runs)]
+                    runs = [track_once(runtime, frames, first)[0] for _ in range(count)]
             else:
-                for _ in range(args.runs):
+                for _ in range(count):
                     secs, masks[name] = track_once(runtime, frames, first)
                     runs.append(secs)
             times[name, load] = statistics.median(runs)

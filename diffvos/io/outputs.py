@@ -341,6 +341,8 @@ class RunFolder:
         if self.final.exists() and not self.final.is_dir():
             raise OutputError(f"{role} must be a folder, but this is a file", self.final)
         check_apart({role: self.final}, inputs)  # before the lock, which may create the parent folder
+        if not self.final.exists():
+            _writable_parent(self.final)
         self.done = 0  # frames handled by an earlier run (resume): not to be written again
         self.dir = self.final
         self._lock = OutputLock(self.final)
