@@ -226,7 +226,7 @@ def test_provider_failing_at_creation_is_named_with_its_printed_cause(tmp_path):
     asked = _load(FakeOrt(**{TRT: "raise"}), backend="tensorrt", tmp_path=tmp_path)
     assert asked.note.startswith("warning: --backend tensorrt asked for TensorrtExecutionProvider, which is not "
                                  "usable here (TensorRT EP: Failed to load library")
-    assert asked.note.endswith("running on CUDAExecutionProvider")
+    assert asked.note.endswith("running on CPUExecutionProvider")  # --backend tensorrt: TensorRT EP, then the CPU
     assert ort.created[1]["options"][CUDA] == {"device_id": "0"}  # the next chain keeps our options
 
 

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from diffvos.errors import DecodeError, InputError
-from diffvos.io.native_log import capture_native_output
+from diffvos.io.native_log import capture_fd2
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_FOLDER_FPS = 24.0
@@ -190,7 +190,7 @@ class FolderFrames(FrameSource):
         import cv2
 
         p = self.files[i]
-        with capture_native_output() as log:
+        with capture_fd2() as log:
             bgr = cv2.imread(str(p), _imread_flags())
         if bgr is None:
             why = log.summary()
@@ -218,7 +218,7 @@ class VideoFrames(FrameSource):
         self.path = path
         self.skip_bad = skip_bad
         self.skipped = []
-        with capture_native_output():  # FFmpeg's noise about a damaged file: the reads below judge it
+        with capture_fd2():  # FFmpeg's noise about a damaged file: the reads below judge it
             self._open(path)
 
     def _open(self, path: Path) -> None:
@@ -250,14 +250,14 @@ class VideoFrames(FrameSource):
         return self._count
 
     def _frames(self, keep_pixels: bool, bad: list[BadFrame]) -> Iterator[Frame]:
-        with capture_native_output():
+        with capture_fd2():
             cap = _capture(self.path)
         if not cap.isOpened():
             raise InputError("cannot open this video any more", self.path)
         try:
             i = 0
             while True:
-                with capture_native_output() as log:
+                with capture_fd2() as log:
                     ok = cap.grab()
                     bgr = cap.retrieve()[1] if ok and keep_pixels else None
                 name = f"{i:05d}"
