@@ -50,20 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from diffvos.errors import DiffvosError
+    from diffvos.io.outputs import kept_note
+    from diffvos.io.signals import Terminated, terminate_gracefully
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    prefix = f"diffvos {args.command}"
     try:
-        return int(args.func(args) or 0)
+        with terminate_gracefully():  # SIGTERM / SIGHUP clean up like Ctrl-C
+            return int(args.func(args) or 0)
     except DiffvosError as exc:
-        print(f"diffvos {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"{prefix}: error: {exc}", kept_note(exc))
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except Terminated as exc:
+        _say(f"{prefix}: stopped by {exc.name}; temporary files removed", kept_note(exc))
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        _say("interrupted", kept_note(exc))
         return 130
+
+
+def _say(line: str, note: str = "") -> None:
+    print(line + (f"\n{note}" if note else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":

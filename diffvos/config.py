@@ -192,7 +192,8 @@ class RuntimeConfig:
     backend: str = option("auto", "execution backend: ONNX Runtime provider (auto: TensorRT EP > CUDA EP > CPU), "
                           "or 'trt' for the native TensorRT runtime on a plan built by 'diffvos build-engine'",
                           choices=BACKENDS)
-    threads: int = option(0, "CPU threads for ONNX Runtime (0: its default)", minimum=0)
+    threads: int = option(0, "CPU threads for ONNX Runtime and the propagation's BLAS (0: the runtime chooses, "
+                          "see diffvos/runtime/threads.py)", minimum=0)
     verify_files: bool = option(True, "check every graph's sha256 on load", cli=False)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,7 @@ def register(sub: Subcommands) -> None:
     d.add_argument("--mask", help="first mask (default: the sample clip's)")
     d.add_argument("--output", default="diffvos-demo", help="output folder (default ./diffvos-demo)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--force", action="store_true", help="replace the masks and overlay of an earlier demo run")
     runtime = d.add_argument_group("runtime")
     add_options(runtime, RuntimeConfig)
     add_options(runtime, SessionConfig)
@@ -119,7 +121,8 @@ def run_demo(args: argparse.Namespace) -> int:
     bundle = demo_bundle(args.backbone, source.size, args.checkpoint, args.model_config, args.ensemble)
     out = Path(args.output)
     summary = track_video(open_runtime(bundle, args), frames, mask, out / "masks", overlay=out / "overlay.mp4",
-                          config=config, progress=not args.no_progress)
+                          config=config, progress=not args.no_progress, force=args.force,
+                          log=lambda line: print(line, file=sys.stderr))
     print(summary.line())
     print(f"masks:   {out / 'masks'}\noverlay: {out / 'overlay.mp4'}")
     return 0

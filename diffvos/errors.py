@@ -19,6 +19,14 @@ class InputError(DiffvosError, ValueError):
     """Bad user input: a video, frame folder, mask, option or argument that cannot be used."""
 
 
+class DecodeError(InputError):
+    """A frame that does not decode, or decodes damaged (truncated JPEG, corrupt video)."""
+
+    def __init__(self, message: str, path: str | Path | None = None, index: int | None = None) -> None:
+        self.index = index
+        super().__init__(message, path)
+
+
 class InvalidBufferError(InputError):
     """A caller buffer of the wrong type, dtype, shape, layout or writeability; nothing was written."""
 

@@ -142,7 +142,8 @@ int main(int argc, char **argv)
 {
     diffvos_runtime *rt = NULL;
     diffvos_session *s = NULL, *gone = NULL;
-    uint8_t frame[64 * 96 * 3], labels[64 * 96], out[64 * 96];
+    uint8_t frame[64 * 96 * 3], labels[64 * 96], out[64 * 96], out2[64 * 96];
+    int untouched = 1;
     float probs[3 * 8 * 12];
     const char *text = NULL;
     int32_t n = -1;
@@ -167,7 +168,12 @@ int main(int argc, char **argv)
     report("short_frame", diffvos_session_add_objects(s, frame, sizeof frame - 1, labels, sizeof labels, NULL, 0));
     report("add_ok", diffvos_session_add_objects(s, frame, sizeof frame, labels, sizeof labels, out, sizeof out));
     report("short_out", diffvos_session_track(s, frame, sizeof frame, out, 10, NULL, 0));
+    memset(out2, 77, sizeof out2);
+    report("short_out_untouched", diffvos_session_track(s, frame, sizeof frame, out2, sizeof out2 - 1, NULL, 0));
+    for (size_t i = 0; i < sizeof out2; i++) untouched &= out2[i] == 77;
+    printf("out_untouched %d\n", untouched);
     report("probs_wrong_count", diffvos_session_track(s, frame, sizeof frame, out, sizeof out, probs, 5));
+    printf("session_error_after_failure %s\n", diffvos_session_last_error(s));
     report("null_session", diffvos_session_track(NULL, frame, sizeof frame, out, sizeof out, NULL, 0));
     report("track_ok", diffvos_session_track(s, frame, sizeof frame, out, sizeof out, probs, 2 * 8 * 12));
     printf("session_last_error %s\n", diffvos_session_last_error(s));
@@ -232,7 +238,14 @@ def test_errors_cross_the_abi_as_statuses(capi, bundle, tmp_path):
     assert "frame has 18431 bytes" in r["short_frame"][1]
     assert "destroyed" in r["destroyed_again"][1]
     assert "width" in r["runtime_last_error"][1]
-    assert r["session_last_error"][1].strip() == "diffvos_session_track: out_probs has 5 elements, expected 192 for shape (2, 8, 12)"
+    assert r["session_error_after_failure"][1].strip() == \
+        "diffvos_session_track: out_probs has 5 elements, expected 192 for shape (2, 8, 12)"
+    # a success clears both last errors (documented in diffvos.h, ERRORS)
+    assert r["session_last_error"][1] == ""
+    for name, status in expect.items():
+        if status == Status.OK:
+            assert r[name][1] == "", f"{name}: diffvos_last_error() after a success: {r[name][1]!r}"
+    assert r["short_out_untouched"][0] == int(Status.BUFFER) and r["out_untouched"] == (1, "")
     assert r["objects"] == (1, "") and r["count"] == (1, "")
     assert r["provider_name"][1] == "CPUExecutionProvider" or r["provider_name"][1].endswith("ExecutionProvider")
     assert r["metadata_has_stride"] == (1, "")

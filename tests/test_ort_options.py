@@ -50,6 +50,13 @@ def _log(level: str, message: str) -> None:
                 f"operator()] /onnxruntime_src/x.cc:2043 Get() [ONNXRuntimeError] : 1 : FAIL : {message}\x1b[m\n".encode())
 
 
+class FakeOptions(types.SimpleNamespace):
+    """``onnxruntime.SessionOptions``: attributes, and config entries recorded."""
+
+    def add_session_config_entry(self, key, value):
+        self.__dict__.setdefault("entries", {})[key] = value
+
+
 class FakeOrt:
     """onnxruntime's module surface; ``behaviour`` maps a provider to ok | raise | drop | run_fail | run_bad."""
 
@@ -59,6 +66,7 @@ class FakeOrt:
     def __init__(self, available=GPU_BUILD, **behaviour):
         self.available, self.behaviour = list(available), behaviour
         self.created: list[dict] = []
+        self.options: list[FakeOptions] = []
         self.severity = None
 
     def get_available_providers(self):
@@ -68,7 +76,9 @@ class FakeOrt:
         self.severity = level
 
     def SessionOptions(self):  # noqa: N802 - onnxruntime's name
-        return types.SimpleNamespace()
+        options = FakeOptions()
+        self.options.append(options)
+        return options
 
     def InferenceSession(self, path, options, providers, provider_options, **kwargs):  # noqa: N802
         self.created.append({"providers": list(providers), "options": dict(zip(providers, provider_options)),
@@ -209,9 +219,14 @@ def test_provider_failing_at_creation_is_named_with_its_printed_cause(tmp_path):
     ort = FakeOrt(**{TRT: "raise"})
     engine = _load(ort, tmp_path=tmp_path)
     assert engine.provider == CUDA and [c["providers"] for c in ort.created] == [GPU_BUILD, [CUDA, CPU]]
-    assert engine.note == ("diffvos: TensorrtExecutionProvider is not usable here (TensorRT EP: Failed to load library "
-                           "libonnxruntime_providers_tens.so with error: libnvinfer.so.10: cannot open shared object "
-                           "file); running on CUDAExecutionProvider")
+    # information under 'auto' (nothing was asked for), with the real cause
+    assert engine.note == ("note: running on CUDAExecutionProvider: TensorrtExecutionProvider cannot start here "
+                           "(TensorRT EP: Failed to load library libonnxruntime_providers_tens.so with error: "
+                           "libnvinfer.so.10: cannot open shared object file)")
+    asked = _load(FakeOrt(**{TRT: "raise"}), backend="tensorrt", tmp_path=tmp_path)
+    assert asked.note.startswith("warning: --backend tensorrt asked for TensorrtExecutionProvider, which is not "
+                                 "usable here (TensorRT EP: Failed to load library")
+    assert asked.note.endswith("running on CPUExecutionProvider")  # --backend tensorrt: TensorRT EP, then the CPU
     assert ort.created[1]["options"][CUDA] == {"device_id": "0"}  # the next chain keeps our options
 
 
@@ -221,7 +236,7 @@ def test_provider_dropped_silently_is_detected(tmp_path):
     assert engine.provider == CPU
     assert "TensorRT EP: Failed to load library" in engine.note
     assert "CUDA EP: Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12" in engine.note
-    assert "\n" not in engine.note and engine.note.endswith("running on CPUExecutionProvider")
+    assert "\n" not in engine.note and engine.note.startswith("note: running on CPUExecutionProvider")
 
 
 def test_engine_build_failing_at_the_first_run_moves_on_with_the_cause(tmp_path):
@@ -259,6 +274,17 @@ def test_no_chain_left_is_an_error_with_the_cause(tmp_path):
     assert engine.provider == TRT
     with pytest.raises(BackendError, match="failed to run the graph on CPUExecutionProvider"):
         engine.infer({"x": X})
+
+
+def test_onnxruntime_gets_the_thread_plan():
+    """--threads 0: the cores this process may use, no spinning; --threads 3: three threads."""
+    from diffvos.runtime.threads import available_cores
+
+    for threads, want in ((0, available_cores()), (3, 3)):
+        ort = FakeOrt(available=[CPU])
+        _load(ort, backend="cpu", threads=threads)
+        assert ort.options[0].intra_op_num_threads == want
+        assert ort.options[0].entries["session.intra_op.allow_spinning"] == "0"
 
 
 def test_cpu_only_build_has_nothing_to_report():
@@ -315,6 +341,7 @@ def test_real_gpu_build_without_gpu_names_the_real_cause(tmp_path, monkeypatch):
         assert not (tmp_path / "cache").exists()
     if engine.provider != CPU:
         pytest.skip(f"a GPU provider started here ({engine.provider})")
-    assert engine.note.startswith("diffvos: TensorrtExecutionProvider is not usable here (TensorRT EP: ")
+    assert engine.note.startswith("note: running on CPUExecutionProvider: TensorrtExecutionProvider cannot start "
+                                  "here (TensorRT EP: ")
     assert re.search(r"TensorRT EP: [^;]*lib\S+\.so", engine.note)  # the real, printed cause: a library that is missing
     np.testing.assert_array_equal(engine.infer({"x": X})["y"], np.maximum(X, 0))

@@ -76,6 +76,7 @@ def _csv(text: str | None) -> tuple[str, ...]:
 def run_calibrate(args: argparse.Namespace) -> int:
     from diffvos.calibration.calibrate import CalibrationOptions, calibrate_bundle
     from diffvos.calibration.quantize import QuantConfig
+    from diffvos.io.outputs import guard_outputs
 
     configs = None
     if args.ops:
@@ -94,15 +95,20 @@ def run_calibrate(args: argparse.Namespace) -> int:
         sensitivity_limit=max(args.sensitivity, 0), threads=args.threads, trt_version=args.trt_version,
         heldout_video=args.heldout_video, heldout_mask=args.heldout_mask, heldout_max_frames=args.heldout_max_frames,
     )
-    report = calibrate_bundle(args.bundle, args.frames, args.output, opts, force=args.force)
+    inputs = {"--bundle": args.bundle, "--heldout-video": args.heldout_video, "--heldout-mask": args.heldout_mask,
+              **{f"--frames {f}": f for f in args.frames}}
+    with guard_outputs({"--output": args.output}, inputs, force=args.force, dirs=("--output",)):
+        report = calibrate_bundle(args.bundle, args.frames, args.output, opts, force=args.force)
     return 0 if report["passed"] else 3
 
 
 def run_fp16(args: argparse.Namespace) -> int:
     from diffvos.export.fp16 import SENSITIVE_OPS, convert_bundle_fp16
+    from diffvos.io.outputs import guard_outputs
 
     keep = SENSITIVE_OPS if args.keep_float32 is None else _csv(args.keep_float32)
-    convert_bundle_fp16(args.bundle, args.output, keep_ops=keep, min_cosine=args.min_cosine, force=args.force)
+    with guard_outputs({"--output": args.output}, {"--bundle": args.bundle}, force=args.force, dirs=("--output",)):
+        convert_bundle_fp16(args.bundle, args.output, keep_ops=keep, min_cosine=args.min_cosine, force=args.force)
     return 0
 
 

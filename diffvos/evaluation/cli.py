@@ -32,6 +32,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--csv", metavar="OUT",
                    help="write the global results to OUT and the per-object results to "
                    "<OUT stem>.per-sequence.csv beside it")
+    p.add_argument("--force", action="store_true", help="replace existing CSV files")
     p.add_argument("--resolution", default="480p", help="annotation resolution folder (default 480p)")
     p.add_argument("--mode", choices=("vos", "segments"), default="vos",
                    help="vos: semi-supervised J&F of tracked objects (default); segments: unsupervised segments "
@@ -46,6 +47,7 @@ def register(sub: Subcommands) -> None:
     kinds = b.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     q = kinds.add_parser("quality", help="track every sequence of a DAVIS root with a bundle; print J&F and frames/s")
     _davis_run_options(q, "diffvos-quality", "where the predicted masks go")
+    q.add_argument("--force", action="store_true", help="replace predictions already in --output")
     from diffvos.config import add_session_options
 
     add_session_options(q)
@@ -78,32 +80,36 @@ def run(args: argparse.Namespace) -> int:
         global_csv,
         per_sequence_csv,
     )
-    from diffvos.io.atomic import check_writable_dir, write_text_atomic
+    from diffvos.io.atomic import write_text_atomic
+    from diffvos.io.outputs import guard_outputs
 
-    if args.csv:  # fail before a long evaluation, not after it
-        check_writable_dir(Path(args.csv).absolute().parent)
-    if args.mode == "segments":
-        from diffvos.evaluation.segments import (
-            evaluate_segments,
-            format_segments,
-            segments_csv,
-        )
+    segments = args.mode == "segments"
+    csvs = {"--csv": args.csv} if args.csv else {}
+    if args.csv and not segments:
+        csvs["per-sequence CSV"] = per_sequence_path(args.csv)
+    inputs = {"predictions": args.predictions, "annotations": args.annotations}
+    with guard_outputs(csvs, inputs, force=args.force):  # checked before a long evaluation, not after it
+        if segments:
+            from diffvos.evaluation.segments import (
+                evaluate_segments,
+                format_segments,
+                segments_csv,
+            )
 
-        seg_report = evaluate_segments(args.predictions, args.annotations, args.sequences, args.resolution)
-        print(format_segments(seg_report))
+            seg_report = evaluate_segments(args.predictions, args.annotations, args.sequences, args.resolution)
+            print(format_segments(seg_report))
+            if args.csv:
+                write_text_atomic(Path(args.csv), segments_csv(seg_report))
+                print(f"\nwrote {args.csv}")
+            return 0
+        report = evaluate_davis(args.predictions, args.annotations, args.sequences,
+                                exclude_void=args.exclude_void, resolution=args.resolution)
+        print(format_report(report))
         if args.csv:
-            write_text_atomic(Path(args.csv), segments_csv(seg_report))
-            print(f"\nwrote {args.csv}")
-        return 0
-    report = evaluate_davis(args.predictions, args.annotations, args.sequences,
-                            exclude_void=args.exclude_void, resolution=args.resolution)
-    print(format_report(report))
-    if args.csv:
-        out = Path(args.csv)
-        seq_out = per_sequence_path(out)
-        write_text_atomic(out, global_csv(report))
-        write_text_atomic(seq_out, per_sequence_csv(report))
-        print(f"\nwrote {out} and {seq_out}")
+            out, seq_out = Path(args.csv), per_sequence_path(args.csv)
+            write_text_atomic(out, global_csv(report))
+            write_text_atomic(seq_out, per_sequence_csv(report))
+            print(f"\nwrote {out} and {seq_out}")
     return 0
 
 
@@ -114,7 +120,7 @@ def run_quality(args: argparse.Namespace) -> int:
 
     config = session_config_from_args(args)
     report, runs = track_davis(open_runtime(args.bundle, args), args.davis, args.output, args.sequences, config=config,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, force=args.force)
     print(format_quality(report, runs, f"bundle {args.bundle}, mag-filter {args.mag_filter}"))
     return 0
 

@@ -283,6 +283,7 @@ def evaluate_sequence(
         raise InputError(f"needs at least 3 ground-truth frames, found {len(gt_files)}", gt_dir)
     if not pred_dir.is_dir():
         raise InputError("no prediction folder for this sequence", pred_dir)
+    check_run_complete(pred_dir)
     first_gt = read_mask(gt_files[0])
     scored = gt_files[1:-1]
     pred_files = [pred_dir / p.name for p in scored]
@@ -294,6 +295,16 @@ def evaluate_sequence(
             yield read_mask(g), read_mask(p)
 
     return _score(gt_dir.name, first_gt, pairs(), exclude_void, [str(p) for p in pred_files])
+
+
+def check_run_complete(pred_dir: Path) -> None:
+    """Predictions written by ``diffvos track`` carry a run manifest: refuse an unfinished run."""
+    from diffvos.io.outputs import read_run_record
+
+    record = read_run_record(pred_dir)
+    if record is not None and not record.complete:
+        raise InputError(f"these predictions come from an unfinished run ({record.frames_done} of "
+                         f"{record.frames_total} frames); finish it with 'diffvos track --resume'", pred_dir)
 
 
 def annotations_dir(root: str | Path, resolution: str = "480p") -> Path:
@@ -314,7 +325,10 @@ def prediction_sequences(predictions: str | Path, sequences: Sequence[str] | Non
     if sequences is None:
         sequences = sorted(p.name for p in pred_root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not sequences:
-            raise InputError("no sequence folders in the predictions folder", pred_root)
+            flat = " (it holds PNG masks directly: put each sequence's masks in ROOT/<sequence>/ and give ROOT)" \
+                if any(pred_root.glob("*.png")) else ""
+            raise InputError(f"no sequence folders in the predictions folder{flat}; expected "
+                             "ROOT/<sequence>/00000.png ...", pred_root)
     return pred_root, list(sequences)
 
 

@@ -35,6 +35,7 @@ def track_davis(
     config: SessionConfig | None = None,
     resolution: str = "480p",
     progress: bool = True,
+    force: bool = False,
 ) -> tuple[Report, list[SequenceRun]]:
     """Track each sequence from its first ground-truth mask with one session of ``runtime`` per
     sequence (``config`` for all of them); return the DAVIS report and timings."""
@@ -47,7 +48,7 @@ def track_davis(
     for seq in sequences:
         t0 = time.perf_counter()
         summary = track_video(runtime, root / "JPEGImages" / resolution / seq, gt / seq / "00000.png", out_dir / seq,
-                              config=config, progress=progress)
+                              config=config, progress=progress, force=force)
         runs.append(SequenceRun(seq, summary.frames, time.perf_counter() - t0))
     return evaluate_davis(out_dir, root, sequences, resolution=resolution), runs
 

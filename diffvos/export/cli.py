@@ -78,6 +78,16 @@ def register(sub: Subcommands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffvos.io.outputs import guard_outputs
+
+    inputs = {"checkpoint": getattr(args, "checkpoint", None), "model": getattr(args, "model", None),
+              "weights": getattr(args, "weights", None)}
+    inputs = {k: v for k, v in inputs.items() if v is not None and Path(v).exists()}  # hub ids / aliases are no paths
+    with guard_outputs({"--output": args.output}, inputs, force=args.force, dirs=("--output",)):
+        return _export(args)
+
+
+def _export(args: argparse.Namespace) -> int:
     import torch
 
     from diffvos.config import DYNAMIC_MAX_SIZE

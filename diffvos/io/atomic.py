@@ -17,7 +17,7 @@ from typing import Iterator
 from diffvos.errors import OutputError
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask (read by setting and restoring it: call outside threaded hot paths)."""
     mask = os.umask(0o022)
     os.umask(mask)
@@ -32,7 +32,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except OSError as exc:
         raise OutputError(f"cannot write here: {exc.strerror}", path.parent) from exc
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary files
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it private; outputs are ordinary files
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -51,6 +51,8 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def check_writable_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and prove it is writable, or raise OutputError naming it."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError("must be a folder, but this is a file", path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".diffvos-probe-", dir=path)
@@ -78,19 +80,36 @@ def staged_directory(final: str | Path, force: bool = False) -> Iterator[Path]:
     On any exception the staging directory is removed and ``final`` is left untouched, so a
     failed export never leaves a half-written bundle.
     """
+    from diffvos.io.outputs import OutputLock  # the policy module builds on this one
+
     final = prepare_output_dir(final, force).absolute()
     check_writable_dir(final.parent)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    old = None
+    with OutputLock(final):  # one writer at a time (re-entrant: a command may hold it already)
+        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+        os.chmod(stage, 0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        _commit(stage, final)
+
+
+def _commit(stage: Path, final: Path) -> None:
     if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(stage, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(stage, final)
+    else:
+        os.replace(stage, final)
+
+
+def swap_in(stage: Path, final: Path) -> None:
+    """Replace the folder ``final`` by ``stage``: two renames, the old folder removed last (a
+    failure between them puts the old one back)."""
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    os.replace(final, old)
+    try:
+        os.replace(stage, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

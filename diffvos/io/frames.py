@@ -7,6 +7,13 @@ headers only), so a caller can fail before writing any output.
 Frame names: a folder's frames keep their file stem (``00000.jpg`` -> ``'00000'``); a video's
 frames are numbered ``'00000'``, ``'00001'``, ... Output masks are named after them.
 
+Damaged input is never tracked silently: every decode runs with the native decoders' messages
+captured (:mod:`diffvos.io.native_log`), and a frame they complain about, one that does not
+decode, or a video that stops before the frame count its container lists, raises
+:class:`~diffvos.errors.DecodeError` naming the file or frame. With ``skip_bad=True`` such frames
+are left out and listed in ``source.skipped`` instead. :meth:`FrameSource.scan` decodes everything
+once up front, so a command can refuse damaged input before it writes anything.
+
 Folder order is *natural* order: runs of digits compare as numbers, so ``1.jpg, 2.jpg, 10.jpg``
 come in that order (lexicographic order would put ``10`` before ``2``). For zero-padded names
 (DAVIS: ``00000.jpg`` ...) both orders agree.
@@ -21,7 +28,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from diffvos.errors import InputError
+from diffvos.errors import DecodeError, InputError
+from diffvos.io.native_log import capture_fd2
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_FOLDER_FPS = 24.0
@@ -32,6 +40,16 @@ def _imread_flags() -> int:
     import cv2
 
     return cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+@dataclass(frozen=True)
+class BadFrame:
+    index: int
+    name: str
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "name": self.name, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -55,9 +73,29 @@ class FrameSource:
     size: tuple[int, int]  # (H, W)
     fps: float
     exact_length: bool  # False when len() is a container's estimate (videos)
+    skip_bad: bool = False  # leave damaged frames out (listed in ``skipped``) instead of raising
+    skipped: list[BadFrame]  # damaged frames left out by the last iteration (or scan)
 
-    def __iter__(self) -> Iterator[Frame]:  # pragma: no cover - abstract
+    def scan(self) -> list[BadFrame]:
+        """Decode every frame once (pixels dropped) and return the damaged ones; raises
+        DecodeError at the first unless ``skip_bad``. Makes ``len()`` exact."""
+        bad: list[BadFrame] = []
+        for _ in self._frames(keep_pixels=False, bad=bad):
+            pass
+        return bad
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.skipped = []
+        return self._frames(keep_pixels=True, bad=self.skipped)
+
+    def _frames(self, keep_pixels: bool, bad: list[BadFrame]) -> Iterator[Frame]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _damaged(self, index: int, name: str, reason: str, path: Path, bad: list[BadFrame]) -> None:
+        """Record a damaged frame (skip mode) or raise for it."""
+        if not self.skip_bad:
+            raise DecodeError(f"{reason}; use --skip-bad-frames to track the other frames", path, index)
+        bad.append(BadFrame(index, name, reason))
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -83,14 +121,18 @@ class FrameSource:
 class FolderFrames(FrameSource):
     """A folder of jpg/jpeg/png/bmp frames (DAVIS layout), read in natural name order."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, exclude: Iterable[str | Path] = (), skip_bad: bool = False) -> None:
         self.path = path
         self.fps = DEFAULT_FOLDER_FPS
         self.exact_length = True
+        self.skip_bad = skip_bad
+        self.skipped = []
+        excluded = {Path(p).resolve() for p in exclude}
         files = [
             p
             for p in path.iterdir()
             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            and p.resolve() not in excluded  # the first mask kept beside its frames is no frame
         ]
         if not files:
             raise InputError(f"no frames found (looked for {', '.join(IMAGE_SUFFIXES)} files)", path)
@@ -133,19 +175,30 @@ class FolderFrames(FrameSource):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __iter__(self) -> Iterator[Frame]:
-        return (self._read(i) for i in range(len(self.files)))
+    def _frames(self, keep_pixels: bool, bad: list[BadFrame]) -> Iterator[Frame]:
+        for i in range(len(self.files)):
+            frame = self._read(i, bad)
+            if frame is not None:
+                yield frame
 
     def select(self, indices: Iterable[int]) -> Iterator[Frame]:
-        return (self._read(i) for i in sorted(set(int(i) for i in indices)))
+        self.skipped = []
+        frames = (self._read(i, self.skipped) for i in sorted(set(int(i) for i in indices)))
+        return (f for f in frames if f is not None)
 
-    def _read(self, i: int) -> Frame:
+    def _read(self, i: int, bad: list[BadFrame]) -> Frame | None:
         import cv2
 
         p = self.files[i]
-        bgr = cv2.imread(str(p), _imread_flags())
+        with capture_fd2() as log:
+            bgr = cv2.imread(str(p), _imread_flags())
         if bgr is None:
-            raise InputError("cannot decode this image", p)
+            why = log.summary()
+            self._damaged(i, p.stem, "cannot decode this image" + (f" (decoder: {why})" if why else ""), p, bad)
+            return None
+        if log.problems():
+            self._damaged(i, p.stem, f"damaged image (decoder: {log.summary()})", p, bad)
+            return None
         if bgr.shape[:2] != self.size:
             h, w = bgr.shape[:2]
             raise InputError(f"decoded as {w}x{h}, expected {self.size[1]}x{self.size[0]}", p)
@@ -161,11 +214,17 @@ class VideoFrames(FrameSource):
     counted by grabbing them (no pixel conversion) at open.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, skip_bad: bool = False) -> None:
+        self.path = path
+        self.skip_bad = skip_bad
+        self.skipped = []
+        with capture_fd2():  # FFmpeg's noise about a damaged file: the reads below judge it
+            self._open(path)
+
+    def _open(self, path: Path) -> None:
         import cv2
 
-        self.path = path
-        cap = cv2.VideoCapture(str(path))
+        cap = _capture(path)
         try:
             if not cap.isOpened():
                 raise InputError("cannot open this video (unknown format, corrupt or empty file)", path)
@@ -183,45 +242,69 @@ class VideoFrames(FrameSource):
                     count += 1
                 self.exact_length = True
             self._count = count
+            self._listed = count if not self.exact_length else 0  # frames the container promises
         finally:
             cap.release()
 
     def __len__(self) -> int:
         return self._count
 
-    def __iter__(self) -> Iterator[Frame]:
-        import cv2
-
-        cap = cv2.VideoCapture(str(self.path))
+    def _frames(self, keep_pixels: bool, bad: list[BadFrame]) -> Iterator[Frame]:
+        with capture_fd2():
+            cap = _capture(self.path)
         if not cap.isOpened():
             raise InputError("cannot open this video any more", self.path)
         try:
             i = 0
             while True:
-                ok, bgr = cap.read()
-                if not ok or bgr is None:
-                    break
-                if bgr.shape[:2] != self.size:
+                with capture_fd2() as log:
+                    ok = cap.grab()
+                    bgr = cap.retrieve()[1] if ok and keep_pixels else None
+                name = f"{i:05d}"
+                if not ok or (keep_pixels and bgr is None):
+                    if i >= self._listed:
+                        break  # the end
+                    why = log.summary()
+                    reason = (f"frame {i} does not decode though the container lists {self._listed} frames (the video "
+                              "is damaged or cut short here)" + (f"; decoder: {why}" if why else ""))
+                    self._damaged(i, name, reason, self.path, bad)
+                elif log.problems():
+                    self._damaged(i, name, f"frame {i} is damaged (decoder: {log.summary()})", self.path, bad)
+                elif bgr is not None and bgr.shape[:2] != self.size:
                     h, w = bgr.shape[:2]
                     raise InputError(
                         f"frame {i} is {w}x{h}, the video started at {self.size[1]}x{self.size[0]}", self.path
                     )
-                yield Frame(i, f"{i:05d}", bgr)
+                elif keep_pixels:
+                    yield Frame(i, name, bgr)
                 i += 1
         finally:
             cap.release()
+        self._count, self.exact_length = max(i, self._count), True
 
 
-def open_frames(path: str | Path) -> FrameSource:
-    """A video file or a folder of frames; raises InputError naming the file if it cannot be used."""
+def _capture(path: Path):
+    """An OpenCV capture decoding on one thread: FFmpeg's frame threads print a damaged packet's
+    messages late, which would blame the wrong frame (and differently from run to run)."""
+    import cv2
+
+    return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+
+
+def open_frames(path: str | Path, exclude: Iterable[str | Path] = (), skip_bad: bool = False) -> FrameSource:
+    """A video file or a folder of frames; raises InputError naming the file if it cannot be used.
+
+    ``exclude``: files that are not frames even if they lie in the folder (the first mask);
+    ``skip_bad``: leave damaged frames out (listed in ``source.skipped``) instead of raising.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError("input not found (expected a video file or a folder of frames)", path)
     if path.is_dir():
         try:
-            return FolderFrames(path)
+            return FolderFrames(path, exclude, skip_bad)
         except PermissionError as exc:
             raise InputError(f"cannot list this folder ({exc.strerror})", path) from exc
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise InputError("this is a single image; give a video file or a folder of frames", path)
-    return VideoFrames(path)
+    return VideoFrames(path, skip_bad)

@@ -17,6 +17,7 @@ from types import TracebackType
 import numpy as np
 
 from diffvos.errors import OutputError
+from diffvos.io.atomic import current_umask
 from diffvos.io.masks import DAVIS_PALETTE
 
 
@@ -68,6 +69,8 @@ class OverlayWriter:
         import cv2
 
         self.path = Path(path)
+        if self.path.is_dir():
+            raise OutputError("the overlay video path is a folder; give a file name such as overlay.mp4", self.path)
         self.size = (int(size[0]), int(size[1]))  # (H, W) of the frames given to write()
         self.palette = palette
         self.alpha = alpha
@@ -78,6 +81,7 @@ class OverlayWriter:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4", dir=parent)
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it private; the video is an ordinary file
             os.close(fd)
         except OSError as exc:
             raise OutputError(f"cannot write the overlay video here ({exc.strerror})", parent) from exc

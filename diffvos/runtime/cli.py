@@ -10,6 +10,16 @@ if TYPE_CHECKING:
     from diffvos.cli import Subcommands
 
 
+def add_output_options(p: argparse.ArgumentParser, resume: bool = False) -> None:
+    """``--force`` (and ``--resume``) of a command under the output policy (diffvos.io.outputs)."""
+    group = p.add_mutually_exclusive_group() if resume else p
+    group.add_argument("--force", action="store_true",
+                       help="replace an existing output whole (written beside it and swapped in at the end)")
+    if resume:
+        group.add_argument("--resume", action="store_true",
+                           help="continue the interrupted run recorded in the output folder (same inputs and options)")
+
+
 def register(sub: Subcommands) -> None:
     from diffvos.config import add_session_options
 
@@ -21,6 +31,10 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--overlay", help="also write an overlay video (e.g. out.mp4)")
     p.add_argument("--resize-mask", action="store_true", help="resize a mask whose size differs from the frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_options(p, resume=True)
+    p.add_argument("--skip-bad-frames", action="store_true",
+                   help="track past frames that do not decode or decode damaged (listed in the summary, no mask "
+                   "written) instead of failing")
     add_session_options(p)
     p.set_defaults(func=run_track)
 
@@ -39,12 +53,17 @@ def open_runtime(bundle, args: argparse.Namespace):
 
 def run_track(args: argparse.Namespace) -> int:
     from diffvos.config import session_config_from_args
-    from diffvos.runtime.track_video import track_video
+    from diffvos.runtime.track_video import TrackJob
 
     config = session_config_from_args(args)
-    summary = track_video(
-        open_runtime(args.bundle, args), args.input, args.mask, args.output, overlay=args.overlay, config=config,
-        resize_mask=args.resize_mask, progress=not args.no_progress,
-    )
+    job = TrackJob.prepare(args.input, args.mask, args.output, bundle=args.bundle, overlay=args.overlay, config=config,
+                           resize_mask=args.resize_mask, force=args.force, resume=args.resume,
+                           skip_bad_frames=args.skip_bad_frames)  # every check before the bundle loads
+    try:
+        runtime = open_runtime(args.bundle, args)
+    except BaseException:
+        job.cancel()
+        raise
+    summary = job.run(runtime, progress=not args.no_progress, log=lambda line: print(line, file=sys.stderr))
     print(summary.line())
     return 0

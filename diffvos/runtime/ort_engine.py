@@ -45,6 +45,7 @@ from diffvos.runtime.ort_options import (
     engine_facts,
     provider_options,
 )
+from diffvos.runtime.threads import ThreadPlan, plan_threads
 
 ORT_BACKENDS = ("auto", "tensorrt", "cuda", "cpu")
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
@@ -186,6 +187,7 @@ class OrtLoader:
     ort: ModuleType | None = field(default=None, repr=False)  # injected onnxruntime (tests)
     cuda: Any = field(default=None, repr=False)  # injected diffvos.runtime.cuda_device.Cuda (cache key)
     nvinfer: Callable[[], str | None] = field(default=libnvinfer_version, repr=False)  # libnvinfer's version probe
+    plan: ThreadPlan | None = None  # thread counts (default: diffvos.runtime.threads' choice for ``threads``)
 
     def __call__(self) -> OrtEngine:
         ort = self.ort
@@ -200,8 +202,7 @@ class OrtLoader:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            options.intra_op_num_threads = self.threads
+        (self.plan or plan_threads(self.threads)).configure_ort(options)
         return options
 
     def tensorrt_cache(self, ort: ModuleType) -> Path | None:
@@ -287,7 +288,10 @@ class _ChainOpener:
             return None
         why = "; ".join(f"{_SHORT.get(p, p)}: {c[:_MAX_CAUSE]}" for p, c in self.causes.items() if c) or \
             "no GPU, or CUDA/TensorRT libraries missing"
-        return f"diffvos: {self.desired} is not usable here ({why}); running on {active}"
+        if self.loader.backend == "auto":  # information: nothing was asked for (said once per run)
+            return f"note: running on {active}: {self.desired} cannot start here ({why})"
+        return (f"warning: --backend {self.loader.backend} asked for {self.desired}, which is not usable here "
+                f"({why}); running on {active}")
 
     def _preload_cuda_libraries(self) -> None:
         """ONNX Runtime >= 1.21 finds CUDA/cuDNN from the nvidia-* wheels (the cuda12/cuda13 extras)

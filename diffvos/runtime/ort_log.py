@@ -5,21 +5,21 @@ libraries ...") and the CUDA provider raises nothing at all: it is dropped and t
 the CPU. The real cause ("Failed to load library libonnxruntime_providers_cuda.so with error:
 libcublasLt.so.13: cannot open shared object file", TensorRT's "int8 is not configured in the
 builder") is printed by the native logger on file descriptor 2, outside Python's ``sys.stderr``.
-:func:`capture_native_output` catches what is written there (and on Python's streams) during
-session creation and the first run; :func:`provider_messages` extracts ONNX Runtime's error lines.
+:func:`capture_native_output` catches what is written there (through
+:func:`diffvos.io.native_log.capture_fd2`, the one capture of the descriptor) and on Python's
+streams during session creation and the first run; :func:`provider_messages` extracts ONNX
+Runtime's error lines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import sys
-import tempfile
-import threading
-from dataclasses import dataclass
 from typing import Iterator
+
+from diffvos.io.native_log import Captured, capture_fd2
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # [E:onnxruntime:Default, provider_bridge_ort.cc:2430 operator()] message
@@ -27,44 +27,22 @@ _LINE = re.compile(r"\[([VIWEF]):onnxruntime:[^\]]*\]\s*(.*)")
 _PREFIX = re.compile(r"^.*?\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 _SOURCE = re.compile(r"^\S+\.(?:cc|cpp|h):\d+\s+.*?\)\s+")  # "/src/x.cc:729 void f(args) " before a message
 _LIBPATH = re.compile(r"(?:/[^\s/:]+)+/([^\s/]+\.so[\w.]*)")
-_lock = threading.Lock()  # one capture of the process-wide descriptor at a time
-
-
-@dataclass
-class Captured:
-    text: str = ""
 
 
 @contextlib.contextmanager
 def capture_native_output() -> Iterator[Captured]:
     """Collect what is written to fd 2 and to Python's stdout/stderr inside the block. Lines that
     are not ONNX Runtime log lines are written back to stderr afterwards (nothing else is lost)."""
-    captured = Captured()
-    with _lock:
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError, AttributeError):  # no descriptor 2 (embedded, pythonw): nothing to catch
-            saved = None
-        sink = tempfile.TemporaryFile() if saved is not None else None
-        py_out, py_err = io.StringIO(), io.StringIO()
-        try:
-            if sink is not None:
-                os.dup2(sink.fileno(), 2)
-            with contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_err):
-                yield captured
-        finally:
-            native = ""
-            if sink is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
-                sink.seek(0)
-                native = sink.read().decode(errors="replace")
-                sink.close()
-            captured.text = native + py_out.getvalue() + py_err.getvalue()
-            others = [ln for ln in _ANSI.sub("", captured.text).splitlines() if ln.strip() and not _LINE.search(ln)]
-            if others:
-                print("\n".join(others), file=sys.stderr)
+    captured, native = Captured(), Captured()
+    py_out, py_err = io.StringIO(), io.StringIO()
+    try:
+        with capture_fd2() as native, contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_err):
+            yield captured
+    finally:
+        captured.text = native.text + py_out.getvalue() + py_err.getvalue()
+        others = [ln for ln in _ANSI.sub("", captured.text).splitlines() if ln.strip() and not _LINE.search(ln)]
+        if others:
+            print("\n".join(others), file=sys.stderr)
 
 
 def provider_messages(text: str, levels: str = "EF") -> list[str]:

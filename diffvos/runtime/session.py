@@ -42,6 +42,7 @@ from diffvos.runtime.features import Features
 from diffvos.runtime.objects import ObjectManager
 from diffvos.runtime.postprocess import labels_to_onehot, soft_to_labels
 from diffvos.runtime.propagation import Propagator
+from diffvos.runtime.threads import ThreadPlan, plan_threads
 
 if TYPE_CHECKING:
     from diffvos.runtime.batch import StreamStep
@@ -92,10 +93,11 @@ class Runtime:
     """
 
     def __init__(self, bundle: str | Path, backend: str = "auto", threads: int = 0, verify_files: bool = True,
-                 *, loaders: Mapping[str, Loader] | None = None) -> None:
+                 *, loaders: Mapping[str, Loader] | None = None, thread_plan: ThreadPlan | None = None) -> None:
         if not isinstance(bundle, (str, Path)):
             raise InputError(f"bundle must be a path, not {type(bundle).__name__}")
         self.config = RuntimeConfig(backend=backend, threads=threads, verify_files=verify_files)
+        self.thread_plan = thread_plan or plan_threads(self.config.threads)  # BLAS threads of every step
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle, verify_files=verify_files)
         loaders = loaders or loaders_for(self.bundle, self.manifest, self.config)
@@ -166,6 +168,7 @@ class Session:
                 raise InputError(f"{name} must be an integer in 1..{MAX_FRAME_SIDE}, got {v!r}")
         self.config = config or SessionConfig()
         self.width, self.height = int(width), int(height)
+        self.thread_plan = runtime.thread_plan
         self.features = Features(runtime.manifest, runtime.engines, self.config.seed, self.config.fresh_noise,
                                  self.config.inversion_steps)
         self.grid = self.features.grid_size((self.height, self.width))  # a dynamic bundle's range -> InputError
@@ -204,7 +207,7 @@ class Session:
         """Phase 1 of a step: hold the session, check every argument (a failure changes nothing)
         and prepare the feature graph's input (``pending.x_t``); the session stays held until
         the block ends, and :meth:`finish` must be called inside it."""
-        with self._using():
+        with self._using(), self.thread_plan.blas():
             frame = _array("frame", frame, np.uint8, (self.height, self.width, 3))
             out = np.empty((self.height, self.width), np.uint8) if out is None else \
                 _array("out", out, np.uint8, (self.height, self.width), writeable=True)

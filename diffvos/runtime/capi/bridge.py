@@ -127,8 +127,14 @@ def install(ffi: Any) -> None:
                 try:
                     if handle_arg is not None:
                         _, handle = _lookup(ffi, args[0], handle_arg, f.__name__)
-                        return f(handle, *args[1:])
-                    return f(*args)
+                        result = f(handle, *args[1:])
+                    else:
+                        result = f(*args)
+                    if error == internal:  # a status call that succeeded clears the last errors
+                        set_last_error("")
+                        if handle is not None:
+                            handle.error = ""
+                    return result
                 except _Bad as exc:
                     status, text = exc.status, str(exc)
                 except BaseException as exc:  # noqa: BLE001 - nothing may cross the ABI

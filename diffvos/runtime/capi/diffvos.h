@@ -20,8 +20,8 @@
  *   Frames, masks and output buffers belong to the caller; the library reads or writes them
  *   only during the call and keeps no pointer to them. Strings returned through `const char*`
  *   belong to the library: a handle's strings stay valid until the handle is destroyed (a
- *   last-error string until the next failing call on that handle); diffvos_last_error()'s
- *   string until the calling thread's next failing call; static strings forever.
+ *   last-error string until the next call on that handle); diffvos_last_error()'s string
+ *   until the calling thread's next call; static strings forever.
  *
  * BUFFERS (row-major, packed, no padding)
  *   frame     uint8  height*width*3, BGR or RGB as declared in diffvos_session_options.color
@@ -42,7 +42,11 @@
  *   Every function returning diffvos_status returns DIFFVOS_OK (0) or an error status, never
  *   aborts the process. The message of the last failure is available from the handle
  *   (diffvos_runtime_last_error / diffvos_session_last_error) and, for every failure including
- *   null or invalid handles, from diffvos_last_error() on the calling thread.
+ *   null or invalid handles, from diffvos_last_error() on the calling thread. Every call that
+ *   returns diffvos_status sets both: the failure's message, or "" when it returns DIFFVOS_OK
+ *   (a success clears them, so a message read after a successful call never describes an
+ *   older failure). A failing call has no side effect: nothing is written to an output buffer
+ *   and the session is as before the call.
  */
 #ifndef DIFFVOS_H
 #define DIFFVOS_H
