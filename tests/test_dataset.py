@@ -215,3 +215,31 @@ def test_ray_run_completes_after_a_worker_node_is_killed(bundle, davis_subset, i
         for name, labels in frames.items():
             np.testing.assert_array_equal(labels, in_process[video][name], err_msg=f"{video} {name}")
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_output_policy_of_a_dataset_run(bundle, tmp_path):
+    """The output folder lies apart from the inputs, holds only this command's results, and one
+    run writes into it at a time; a refused run changes nothing."""
+    from diffvos.errors import OutputError
+    from diffvos.io.outputs import OutputLock
+
+    root = _ytvos(tmp_path / "ytvos", videos=1)
+    with pytest.raises(OutputError, match="inside"):
+        track_dataset(bundle, root, root / "results", progress=False)
+    assert not (root / "results").exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="notes.txt"):
+        track_dataset(bundle, root, out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    fresh = tmp_path / "fresh"
+    import fcntl
+
+    with open(OutputLock(fresh).path, "w") as held:  # as another process holding the folder's lock would
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match="another diffvos run"):
+            track_dataset(bundle, root, fresh, progress=False)
+    OutputLock(fresh).path.unlink()
+    summary = track_dataset(bundle, root, fresh, progress=False)
+    assert not summary.failed and (fresh / "vid0" / MARKER).is_file()

@@ -185,7 +185,7 @@ def test_segment_cli_then_eval_segments(toy, tmp_path, capsys):
                "--segments", "3", "--output", str(out), "--overlay", str(tmp_path / "o.mp4"), "--no-progress",
                "--backend", "cpu"])
     assert rc == 0 and "into 3 segments" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == [f"{i:05d}.png" for i in range(6)]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [f"{i:05d}.png" for i in range(6)]
     assert (tmp_path / "o.mp4").stat().st_size > 0
     rc = main(["eval", "--mode", "segments", "--predictions", str(tmp_path / "pred"), "--annotations",
                str(tmp_path / "davis"), "--csv", str(tmp_path / "s.csv")])
@@ -195,6 +195,18 @@ def test_segment_cli_then_eval_segments(toy, tmp_path, capsys):
     rc = main(["bench", "segments", "--bundle", str(toy), "--davis", str(tmp_path / "davis"),
                "--output", str(tmp_path / "bench"), "--no-progress", "--segments", "3", "--backend", "cpu"])
     assert rc == 0 and "sq" in capsys.readouterr().out
+    # the output policy, as for track: nothing replaced without --force, which then replaces whole
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "mine.txt").write_text("keep")
+    segment = ["segment", "--bundle", str(toy), "--input", str(tmp_path / "davis/JPEGImages/480p/sq"),
+               "--segments", "2", "--output", str(out), "--no-progress", "--backend", "cpu"]
+    assert main(segment) == 1 and "not empty" in capsys.readouterr().err
+    assert {p.name for p in out.iterdir()} == set(before) | {"mine.txt"}
+    inside = ["segment", "--bundle", str(toy), "--input", str(tmp_path / "davis/JPEGImages/480p/sq"),
+              "--output", str(tmp_path / "davis/JPEGImages/480p/sq/seg"), "--no-progress"]
+    assert main(inside) == 1 and "inside" in capsys.readouterr().err
+    assert main(segment + ["--force"]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [f"{i:05d}.png" for i in range(6)]  # replaced whole
 
 
 def test_segment_refuses_bad_options_and_attention_bundles(toy, tmp_path, capsys):

@@ -22,6 +22,7 @@ from diffvos.bundle import FEATURES_GRAPH, read_manifest
 from diffvos.config import SessionConfig
 from diffvos.dataset.layout import Video, detect
 from diffvos.dataset.store import VideoStore
+from diffvos.io.outputs import OutputLock, check_apart
 
 LOCAL = "local"
 MAX_ATTEMPTS = 3
@@ -68,12 +69,22 @@ def track_dataset(bundle: str | Path, root: str | Path, output: str | Path, *, c
                   on_tick: Callable[[], None] | None = None) -> DatasetSummary:
     """Track every video of ``root`` into ``output/<video>/``; ``ray_address``: None (in process),
     ``"local"`` (start a local Ray) or a cluster address."""
-    from tqdm import tqdm
-
     config = config or SessionConfig()
     dataset = detect(root)
+    check_apart({"--output": output}, {"--input": root, "--bundle": bundle})
+    with OutputLock(output):  # one run writes into a dataset folder at a time
+        return _track_dataset(dataset, bundle, output, config, backend, threads, ray_address, workers, force,
+                              progress, max_attempts, on_tick)
+
+
+def _track_dataset(dataset: Any, bundle: str | Path, output: str | Path, config: SessionConfig, backend: str,
+                   threads: int, ray_address: str | None, workers: int | None, force: bool, progress: bool,
+                   max_attempts: int, on_tick: Callable[[], None] | None) -> DatasetSummary:
+    from tqdm import tqdm
+
     store = VideoStore(output, settings_of(bundle, config, dataset.kind))
     names = [v.name for v in dataset.videos]
+    store.check_contents(names)
     store.check_resumable(names, force)
     store.clean_partials()
     todo = [v for v in dataset.videos if force or not store.done(v.name)]

@@ -6,8 +6,9 @@ time, the run's settings) is written into it and the folder is renamed to ``<vid
 step. So ``<output>/<video>`` exists only whole, a crash or a lost node leaves at most a staging
 folder (removed by the next run), and a rerun skips every video that has its marker.
 
-Self-contained on purpose: when the project's output policy (locks, run manifests, --force /
---resume; issue 11's ``diffvos.io.outputs``) lands, ``VideoStore`` is the one place to switch.
+The driver of a run applies the project's output policy (:mod:`diffvos.io.outputs`) to the whole
+folder: it must lie apart from the inputs, one run writes into it at a time (its lock), and it may
+hold nothing but this command's results (:meth:`VideoStore.check_contents`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ class VideoStore:
     def done(self, name: str) -> bool:
         m = self.marker(name)
         return m is not None and m.get("settings") == self.settings
+
+    def check_contents(self, names: list[str]) -> None:
+        """Refuse a folder holding anything but results of ``track-dataset`` for these videos
+        (finished video folders, staging folders): user files are never mixed with results."""
+        foreign = [p.name for p in self.root.iterdir()
+                   if not (p.is_dir() and (p.name in names and self.marker(p.name) is not None
+                                           or p.name.startswith(".") and PARTIAL in p.name))]
+        if foreign:
+            shown = ", ".join(sorted(foreign)[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputError(f"--output holds files that are not results of this dataset run ({shown}); "
+                              "choose a new or empty folder", self.root)
 
     def check_resumable(self, names: list[str], force: bool = False) -> None:
         """Refuse to mix results of other settings (another bundle or options) into this folder."""

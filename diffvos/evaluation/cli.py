@@ -47,7 +47,6 @@ def register(sub: Subcommands) -> None:
     kinds = b.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     q = kinds.add_parser("quality", help="track every sequence of a DAVIS root with a bundle; print J&F and frames/s")
     _davis_run_options(q, "diffvos-quality", "where the predicted masks go")
-    q.add_argument("--force", action="store_true", help="replace predictions already in --output")
     from diffvos.config import add_session_options
 
     add_session_options(q)
@@ -70,6 +69,7 @@ def _davis_run_options(p: argparse.ArgumentParser, output: str, what: str) -> No
     p.add_argument("--davis", required=True, help="DAVIS root (JPEGImages/480p, Annotations/480p)")
     p.add_argument("--sequences", nargs="+", metavar="SEQ", help="default: every sequence")
     p.add_argument("--output", default=output, help=what)
+    p.add_argument("--force", action="store_true", help="replace results already in --output")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -132,6 +132,6 @@ def run_segments_bench(args: argparse.Namespace) -> int:
 
     segment, session = configs_from_args(args)
     report, runs = segment_davis(open_runtime(args.bundle, args), args.davis, args.output, args.sequences,
-                                 segment=segment, session=session, progress=not args.no_progress)
+                                 segment=segment, session=session, progress=not args.no_progress, force=args.force)
     print(format_segments(report, runs))
     return 0

@@ -164,7 +164,7 @@ def segments_csv(report: SegmentReport) -> str:
 
 def segment_davis(runtime: Any, root: str | Path, out_dir: str | Path, sequences: Sequence[str] | None = None,
                   segment: Any = None, session: Any = None, resolution: str = "480p",
-                  progress: bool = True) -> tuple[SegmentReport, list]:
+                  progress: bool = True, force: bool = False) -> tuple[SegmentReport, list]:
     """Segment every sequence of a DAVIS root (no mask used) and score the segments."""
     import time
 
@@ -177,6 +177,6 @@ def segment_davis(runtime: Any, root: str | Path, out_dir: str | Path, sequences
     for seq in sequences:
         t0 = time.perf_counter()
         summary = segment_video(runtime, root / "JPEGImages" / resolution / seq, out_dir / seq, segment=segment,
-                                session=session, progress=progress)
+                                session=session, progress=progress, force=force)
         runs.append(SequenceRun(seq, summary.frames, time.perf_counter() - t0))
     return evaluate_segments(out_dir, root, sequences, resolution), runs

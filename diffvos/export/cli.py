@@ -155,7 +155,16 @@ def _flops(n: float) -> str:
 
 
 def run_prompt_learn(args: argparse.Namespace) -> int:
-    """Learn the token, save the embedding, export the bundle with it folded (all or nothing)."""
+    """Learn the token, save the embedding, export the bundle with it folded (all or nothing);
+    the output follows the output policy (apart from the model, frame and mask; --force)."""
+    from diffvos.io.outputs import guard_outputs
+
+    inputs = {"--model": args.model if Path(args.model).exists() else None, "--frame": args.frame, "--mask": args.mask}
+    with guard_outputs({"--output": args.output}, inputs, force=args.force, dirs=("--output",)):
+        return _prompt_learn(args)
+
+
+def _prompt_learn(args: argparse.Namespace) -> int:
     import tempfile
 
     import cv2

@@ -136,7 +136,7 @@ class OutputLock:
 
     def _busy(self, fd: int | None) -> None:
         who = ""
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a lock written by another tool
             info = json.loads(self.path.read_text() or "{}")
             who = f" (pid {info['pid']}, {info['command']}, since {info['since']})"
         if fd is not None:

@@ -82,11 +82,13 @@ def register(sub: Subcommands) -> None:
 
 
 def run_export_triton(args: argparse.Namespace) -> int:
+    from diffvos.io.outputs import guard_outputs
     from diffvos.serve.protocol import MODEL_NAME
     from diffvos.serve.repository import export_triton
 
-    model = export_triton(args.bundle, args.output, _options(args, args.env_path), model_name=args.model_name or MODEL_NAME,
-                          link_bundle=args.link_bundle, force=args.force)
+    with guard_outputs({"--output": args.output}, {"--bundle": args.bundle}, force=args.force, dirs=("--output",)):
+        model = export_triton(args.bundle, args.output, _options(args, args.env_path),
+                              model_name=args.model_name or MODEL_NAME, link_bundle=args.link_bundle, force=args.force)
     print(f"model repository written to {args.output} (model '{model.name}'); serve it with "
           f"tritonserver --model-repository {args.output} (see README, 'Serving and scale-out')")
     return 0
