@@ -1,5 +1,6 @@
 """Tracking quality regression on real video: the MobileNetV2 baseline bundle on DAVIS-2016
-frames (real pretrained features, real ground truth), scored with the DAVIS J measure."""
+frames (real pretrained features, real ground truth), scored with the DAVIS J measure, through
+both propagation kernels (the graph, default, and the numpy reference)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def mnv2_bundle(tmp_path_factory, torch_one_thread):
     return out
 
 
+@pytest.mark.parametrize("kernel", ["graph", "numpy"])
 @pytest.mark.parametrize("sequence,min_iou", [("surf", 0.85), ("breakdance-flare", 0.80)])
-def test_mobilenet_tracks_davis(mnv2_bundle, davis_root, tmp_path, sequence, min_iou):
+def test_mobilenet_tracks_davis(mnv2_bundle, davis_root, tmp_path, sequence, min_iou, kernel):
     src = davis_root / "JPEGImages" / "480p" / sequence
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -35,11 +37,11 @@ def test_mobilenet_tracks_davis(mnv2_bundle, davis_root, tmp_path, sequence, min
     gt = davis_root / "Annotations" / "480p" / sequence
     out = tmp_path / "pred"
     assert main(["track", "--bundle", str(mnv2_bundle), "--input", str(frames), "--mask", str(gt / "00000.png"),
-                 "--output", str(out), "--no-progress"]) == 0
+                 "--output", str(out), "--no-progress", "--propagation-kernel", kernel]) == 0
     ious = []
     for i in range(1, FRAMES):
         pred = np.asarray(Image.open(out / f"{i:05d}.png")) > 0
         truth = np.asarray(Image.open(gt / f"{i:05d}.png")) > 127
         ious.append(jaccard(truth, pred))
-    print(f"{sequence}: mean IoU over frames 1..{FRAMES - 1} = {np.mean(ious):.3f}")
+    print(f"{sequence} ({kernel} kernel): mean IoU over frames 1..{FRAMES - 1} = {np.mean(ious):.3f}")
     assert np.mean(ious) >= min_iou

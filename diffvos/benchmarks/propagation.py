@@ -1,30 +1,40 @@
-"""One propagation step at the reference size: windowed kernel vs the dense formula.
+"""One propagation step at the published setting: the propagation graph (the device step, here on
+ONNX Runtime's CPU provider) against the numpy kernel, in the same process, alternating.
 
-    python -m diffvos.benchmarks.propagation [--runs 3] [--tiles 6,8,12,16] [--no-dense]
+    python -m diffvos.benchmarks.propagation [--runs 5] [--threads 0] [--davis DIR] [--mag 12]
+        [--dense] [--tiles 6,8,12,16]
 
-Reference size: 60x104 features (480x832 input, stride 8), C=512, 29 context frames
-(first + 28), r=15, k=15, 3 mask channels. The dense reference builds the (N*hw) x hw affinity of
-METHOD.md section 2 literally, in float32; at full size that matrix is 4.5 GB, so it is computed
-in column chunks of queries (each chunk is a dense (N*hw) x chunk block). Equality of the two is
-checked at a smaller size where the whole dense matrix fits. Figures are printed, never asserted.
-
-On a shared, busy CPU run it with OPENBLAS_NUM_THREADS=1: multithreaded OpenBLAS spinning against
-other processes made a step 5-10x slower in our measurements.
+Published setting: 60x104 features (480x832 input, stride 8), C=512, first frame + 28 memory
+frames (all filled before timing), r=15, k=15, T=0.2, MAG-Filter 12 cells (the runtime default),
+3 mask channels, float16 memory. Both kernels are filled with the same frames and then step
+through the same query frames; the first step of each is a warm-up, the median (and CPU seconds,
+``process_time``) of ``--runs`` steps is printed with the ratio numpy / graph, the soft masks'
+largest difference and the label pixels that differ at 480x854. ``--davis``: real DAVIS-2016
+frames through a fixed random patch projection (C channels with the images' spatial and temporal
+structure; TopK's cost depends on the data), else Gaussian features. Threads follow the runtime's
+policy (``--threads``, :mod:`diffvos.runtime.threads`): ONNX Runtime intra-op threads for the
+graph, BLAS threads for numpy. ``--dense``: the windowed numpy kernel against the literal dense
+formula (equality at a size where the dense matrix fits, time at full size); ``--tiles``: the
+numpy kernel's tile sweep. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
 from diffvos.config import PropagationConfig
 from diffvos.runtime.memory import l2_normalise_into
 from diffvos.runtime.propagation import Propagator
+
+OUT_HW = (480, 854)  # DAVIS frames
 
 
 def rss_mb() -> tuple[float, float]:
@@ -38,6 +48,131 @@ def rss_mb() -> tuple[float, float]:
     return vals.get("VmRSS", float("nan")), vals.get("VmHWM", float("nan"))
 
 
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+def davis_features(root: Path, sequence: str, n: int, channels: int, grid: tuple[int, int],
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, C, h, w) features and (n, 3, h, w) masks from a DAVIS-2016 sequence: each cell's 16x16
+    neighbourhood (stride 8) projected by a fixed random matrix, rectified, plus a blurred copy,
+    centred per channel; the object mask split into left/right halves (two objects)."""
+    import cv2
+    from PIL import Image
+
+    h, w = grid
+    rng = np.random.default_rng(seed)
+    proj = rng.standard_normal((48, channels)).astype(np.float32) / np.sqrt(48)
+    bias = (0.3 * rng.standard_normal(channels)).astype(np.float32)
+    frames = sorted((root / "JPEGImages" / "480p" / sequence).glob("*.jpg"))[:n]
+    feats, masks = [], []
+    for path in frames:
+        img = cv2.resize(cv2.imread(str(path)), (w * 8, h * 8), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(img.astype(np.float32) / 127.5 - 1.0, (w * 2, h * 2), interpolation=cv2.INTER_AREA)
+        small = np.pad(small, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        win = np.lib.stride_tricks.sliding_window_view(small, (4, 4), axis=(0, 1))[::2, ::2][:h, :w]
+        x = np.maximum(win.reshape(h * w, 48) @ proj + bias, 0).reshape(h, w, channels)
+        x = x + 0.7 * _blur(x, 2.0)  # context
+        x -= x.mean(axis=(0, 1))
+        feats.append(np.ascontiguousarray(np.moveaxis(x, -1, 0), np.float32))
+        ann = np.asarray(Image.open(root / "Annotations" / "480p" / sequence / (path.stem + ".png")))
+        obj = (ann if ann.ndim == 2 else ann[..., 0]) > 0
+        obj = cv2.resize(obj.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        labels = np.where(obj, 1 + (np.arange(w)[None, :] >= w // 2), 0)
+        masks.append((labels[None] == np.arange(3)[:, None, None]).astype(np.float32))
+    return np.stack(feats), np.stack(masks)
+
+
+def _blur(f: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of (h, w, C) over h and w, edges repeated."""
+    r = int(3 * sigma)
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2).astype(np.float32)
+    k /= k.sum()
+    for axis in (0, 1):
+        pad = [(0, 0)] * 3
+        pad[axis] = (r, r)
+        padded = np.pad(f, pad, mode="edge")
+        n = f.shape[axis]
+        f = sum(k[i] * np.take(padded, np.arange(i, i + n), axis=axis) for i in range(2 * r + 1))
+    return f
+
+
+def random_features(n: int, channels: int, grid: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n, channels, *grid)).astype(np.float32)
+    soft = rng.random((n, 3, *grid)).astype(np.float32)
+    return feats, soft / soft.sum(1, keepdims=True)
+
+
+# --- graph vs numpy -------------------------------------------------------------------------------------
+def compare_kernels(feats: np.ndarray, masks: np.ndarray, cfg: PropagationConfig, runs: int, threads: int,
+                    numpy_too: bool = True) -> dict:
+    """Fill both kernels with frames 0..memory, then time ``runs`` + 1 steps of each, alternating."""
+    from diffvos.runtime.device_step import GraphPropagator
+    from diffvos.runtime.graph_engines import GraphEngines
+    from diffvos.runtime.postprocess import soft_to_labels
+    from diffvos.runtime.propagation_graph import GraphSpec, propagation_model, scored_pairs
+    from diffvos.runtime.threads import plan_threads
+
+    n, c, h, w = feats.shape
+    plan = plan_threads(threads)
+    t0 = time.perf_counter()
+    graphs = GraphEngines("cpu", plan)
+    spec = GraphSpec.for_config(cfg, h, w, c)
+    graph = GraphPropagator(graphs, spec, 3, graphs.device_io())
+    build_s = time.perf_counter() - t0
+    ref = Propagator(c, h, w, 3, cfg) if numpy_too else None
+    for p in filter(None, (graph, ref)):
+        p.start(feats[0], masks[0])
+        for i in range(1, cfg.memory + 1):
+            p.push(feats[i], masks[i]) if p is graph else p.bank.push(feats[i], masks[i])
+    queries = feats[cfg.memory + 1:][: runs + 1]
+    rows: dict[str, list[tuple[float, float]]] = {"graph": [], "numpy": []}
+    diffs, labels = [], []
+    for q in queries:
+        t, c0 = time.perf_counter(), time.process_time()
+        soft = graph.step(q)
+        rows["graph"].append((time.perf_counter() - t, time.process_time() - c0))
+        if ref is not None:
+            with plan.blas():
+                t, c0 = time.perf_counter(), time.process_time()
+                want = ref.step(q)
+                rows["numpy"].append((time.perf_counter() - t, time.process_time() - c0))
+            diffs.append(float(np.abs(soft - want).max()))
+            labels.append(int((soft_to_labels(soft, 8, OUT_HW) != soft_to_labels(want, 8, OUT_HW)).sum()))
+    flop = 2 * c * (cfg.memory + 1) * scored_pairs(spec)
+    out = {"build_s": build_s, "flop": flop, "diffs": diffs, "labels": labels, "plan": plan,
+           "nodes": len(propagation_model(spec).graph.node), "bank_mib": graph.bank.nbytes / 2**20}
+    for kernel, values in rows.items():
+        if len(values) > 1:
+            wall, cpu = zip(*values[1:])  # the first step warms up
+            out[kernel] = {"median": statistics.median(wall), "min": min(wall), "max": max(wall),
+                           "cpu": statistics.median(cpu), "n": len(wall)}
+    return out
+
+
+def print_comparison(result: dict, label: str) -> None:
+    g, npk = result.get("graph"), result.get("numpy")
+    plan = result["plan"]
+    print(f"\n{label}: ONNX Runtime intra-op threads {plan.intra_op}, BLAS threads {plan.blas_threads}, spinning "
+          f"{'on' if plan.spinning else 'off'}; graph ({result['nodes']} nodes) built in {result['build_s']:.2f} s; bank "
+          f"{result['bank_mib']:.0f} MiB; load average {load_average()}")
+    print(f"{'kernel':8s} {'median s':>9s} {'min':>7s} {'max':>7s} {'CPU s':>7s} {'GFLOP/s':>8s}  (n)")
+    for name, r in (("graph", g), ("numpy", npk)):
+        if r:
+            print(f"{name:8s} {r['median']:9.3f} {r['min']:7.3f} {r['max']:7.3f} {r['cpu']:7.3f} "
+                  f"{result['flop'] / r['median'] / 1e9:8.0f}  ({r['n']})")
+    if g and npk:
+        print(f"numpy / graph: {npk['median'] / g['median']:.2f}x wall, {npk['cpu'] / g['cpu']:.2f}x CPU; "
+              f"max |graph - numpy| per step {['%.1e' % d for d in result['diffs']]}; label pixels differing "
+              f"(of {OUT_HW[0] * OUT_HW[1]}) {result['labels']}")
+
+
+# --- the numpy kernel against the dense formula (kept from the first version of this benchmark) -------
 def filled_propagator(rng, c, h, w, n_ctx, cfg) -> Propagator:
     """A propagator whose memory already holds n_ctx frames (filled directly, no propagation)."""
     p = Propagator(c, h, w, 3, cfg)
@@ -91,19 +226,9 @@ def time_windowed(c, h, w, n_ctx, cfg, runs, seed=0):
     return p, statistics.median(times), max(peaks)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--tiles", default="", help="comma-separated tile sides to sweep (e.g. 6,8,12,16)")
-    ap.add_argument("--no-dense", action="store_true", help="skip the full-size dense reference")
-    ap.add_argument("--dense-chunk", type=int, default=520, help="queries per dense chunk at full size")
-    args = ap.parse_args()
+def dense_section(args: argparse.Namespace) -> None:
     c, h, w, n_ctx = 512, 60, 104, 29
     hw = h * w
-    print(f"size: {h}x{w} features, C={c}, {n_ctx} context frames, r=15, k=15; "
-          f"dense affinity {n_ctx * hw * hw * 4 / 2**30:.2f} GiB float32")
-
-    # 1. equality at a size where the dense matrix fits whole
     sc, sh, sw = 64, 20, 34
     for dtype in ("float32", "float16"):
         rng = np.random.default_rng(1)
@@ -113,39 +238,55 @@ def main() -> None:
         got = p.step(q)
         print(f"check {sh}x{sw} C={sc} {n_ctx} frames, memory {dtype}: max |windowed - dense| = "
               f"{np.abs(got - want).max():.2e} (dense matrix {n_ctx * (sh * sw) ** 2 * 4 / 2**20:.0f} MiB)")
+    p, t, _ = time_windowed(c, h, w, n_ctx, PropagationConfig(feature_dtype="float32"), args.runs)
+    rng = np.random.default_rng(0)
+    p = filled_propagator(rng, c, h, w, n_ctx, PropagationConfig(feature_dtype="float32", mag_filter="off"))
+    q = rng.standard_normal((c, h, w)).astype(np.float32)
+    t0 = time.perf_counter()
+    want = dense_step(p, q, chunk=args.dense_chunk)
+    dense_t = time.perf_counter() - t0
+    print(f"full size: windowed {t:.2f} s, dense (chunks of {args.dense_chunk}) {dense_t:.2f} s, max |windowed - dense| "
+          f"= {np.abs(p.step(q) - want).max():.2e}; a whole dense matrix would need {n_ctx * hw * hw * 4 / 2**30:.1f} GiB")
 
-    # 2. tile sweep
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5, help="timed steps per kernel (after one warm-up step)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[0], help="--threads values to run (0: the runtime's "
+                    "choice); e.g. 1 2")
+    ap.add_argument("--davis", type=Path, help="DAVIS-2016 root: real frames instead of Gaussian features")
+    ap.add_argument("--sequence", default="breakdance-flare")
+    ap.add_argument("--mag", default="12", help="MAG-Filter: off, adaptive or a radius")
+    ap.add_argument("--feature-dtype", default="float16", choices=("float16", "float32"))
+    ap.add_argument("--size", default="60x104", help="feature grid HxW")
+    ap.add_argument("--channels", type=int, default=512)
+    ap.add_argument("--graph-only", action="store_true", help="time the graph alone")
+    ap.add_argument("--dense", action="store_true", help="also the numpy kernel against the dense formula")
+    ap.add_argument("--dense-chunk", type=int, default=520, help="queries per dense chunk at full size")
+    ap.add_argument("--tiles", default="", help="comma-separated numpy tile sides to sweep (e.g. 6,8,12,16)")
+    args = ap.parse_args(argv)
+    h, w = (int(v) for v in args.size.split("x"))
+    cfg = PropagationConfig(mag_filter=args.mag, feature_dtype=args.feature_dtype)
+    n = cfg.memory + 1 + args.runs + 1
+    if args.davis is not None:
+        feats, masks = davis_features(args.davis, args.sequence, n, args.channels, (h, w))
+        source = f"DAVIS {args.sequence} frames (fixed random patch projection)"
+    else:
+        feats, masks = random_features(n, args.channels, (h, w))
+        source = "Gaussian features"
+    print(f"{h}x{w} features, C={args.channels}, first + {cfg.memory} memory frames, r={cfg.radius}, k={cfg.topk}, "
+          f"T={cfg.temperature}, MAG {cfg.mag_filter}, {cfg.feature_dtype} memory, K+1=3; {source}; "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; cores {os.cpu_count()}")
+    for threads in args.threads:
+        result = compare_kernels(feats, masks, cfg, args.runs, threads, numpy_too=not args.graph_only)
+        print_comparison(result, f"--threads {threads}")
     if args.tiles:
-        print("\ntile  median s/frame  (float16 memory)")
+        print("\nnumpy tile  median s/frame  (float16 memory)")
         for b in [int(x) for x in args.tiles.split(",")]:
-            _, t, _ = time_windowed(c, h, w, n_ctx, PropagationConfig(tile=b), max(1, args.runs - 1))
-            print(f"{b:4d}  {t:8.2f}")
-
-    # 3. full size
-    rows = []
-    for dtype in ("float16", "float32"):
-        p, t, peak = time_windowed(c, h, w, n_ctx, PropagationConfig(feature_dtype=dtype), args.runs)
-        rows.append((f"windowed, memory {dtype}", t, peak, p.bank.nbytes, p.scratch_nbytes))
-    if not args.no_dense:
-        rng = np.random.default_rng(0)
-        p = filled_propagator(rng, c, h, w, n_ctx, PropagationConfig(feature_dtype="float32", mag_filter="off"))
-        q = rng.standard_normal((c, h, w)).astype(np.float32)
-        gc.collect()
-        tracemalloc.start()
-        t0 = time.perf_counter()
-        want = dense_step(p, q, chunk=args.dense_chunk)
-        t = time.perf_counter() - t0
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        got = p.step(q)
-        rows.append((f"dense, chunks of {args.dense_chunk} queries", t, peak, p.bank.nbytes, 0))
-        print(f"full size: max |windowed - dense| = {np.abs(got - want).max():.2e}")
-    print(f"\n{'method':34s} {'s/frame':>8s} {'peak traced MiB':>16s} {'bank MiB':>9s} {'scratch MiB':>12s}")
-    for name, t, peak, bank, scratch in rows:
-        print(f"{name:34s} {t:8.2f} {peak / 2**20:16.1f} {bank / 2**20:9.1f} {scratch / 2**20:12.1f}")
-    if not args.no_dense:
-        print(f"dense / windowed (float32 memory) time ratio: {rows[2][1] / rows[1][1]:.1f}x; "
-              f"a whole dense matrix would need {n_ctx * hw * hw * 4 / 2**30:.1f} GiB")
+            _, t, _ = time_windowed(args.channels, h, w, cfg.memory + 1, PropagationConfig(tile=b), max(1, args.runs - 1))
+            print(f"{b:10d}  {t:8.2f}")
+    if args.dense:
+        dense_section(args)
     cur, hwm = rss_mb()
     print(f"process RSS now {cur:.0f} MiB, peak {hwm:.0f} MiB")
 
