@@ -194,6 +194,8 @@ class RuntimeConfig:
                           choices=BACKENDS)
     threads: int = option(0, "CPU threads for ONNX Runtime (0: its default)", minimum=0)
     verify_files: bool = option(True, "check every graph's sha256 on load", cli=False)
+    allow_failed_calibration: bool = option(False, "load an INT8 bundle whose calibration failed its accuracy gate "
+                                            "(written by 'diffvos calibrate --allow-failed'); refused otherwise")
 
     def __post_init__(self) -> None:
         validate(self)

@@ -237,7 +237,7 @@ def test_errors_cross_the_abi_as_statuses(capi, bundle, tmp_path):
     assert r["provider_name"][1] == "CPUExecutionProvider" or r["provider_name"][1].endswith("ExecutionProvider")
     assert r["metadata_has_stride"] == (1, "")
     assert r["status_string"][1] == STATUS_TEXT[Status.BUSY]
-    assert r["api_version"] == (1, "")
+    assert r["api_version"] == (2, "")
     assert "done" in r
 
 
