@@ -237,8 +237,12 @@ def test_grid_mask_and_noise_floor_engine():
             pass
 
     x = np.zeros((1, 3, 64, 64), np.float32)
-    out = NoisyInput(Echo(), sigma=0.02).infer({"x_t": x})["x_t"]
+    noisy = NoisyInput(Echo(), sigma=0.02)
+    out = noisy.infer({"x_t": x})["x_t"]
     assert out.std() == pytest.approx(0.02, rel=0.02) and abs(out.mean()) < 1e-3
+    assert not np.array_equal(noisy.infer({"x_t": x})["x_t"], out)  # fresh draws per call ...
+    noisy.restart()
+    np.testing.assert_array_equal(noisy.infer({"x_t": x})["x_t"], out)  # ... the same again per clip
     bundle_like = read_manifest(make_sensitive_bundle(Path(__import__("tempfile").mkdtemp()) / "b"))
     assert grey_level_sigma(bundle_like) == ("features", pytest.approx(2 / 255))
 

@@ -177,7 +177,8 @@ def calibrate_bundle(bundle: str | Path, frames: Sequence[str | Path], output: s
     proxy_clips, final_clips = _gate_clips(frames, pool, calib_idx, opts, log)
     fp32 = Runtime(bundle, backend="cpu", threads=opts.threads)
     features = Features(fp32.manifest, fp32.engines, cfg.seed, cfg.fresh_noise, cfg.inversion_steps)
-    noisy = cpu_runtime(bundle, manifest, opts.threads, noise_levels=limits.noise_level) if limits.noise_level else None
+    noisy = cpu_runtime(bundle, manifest, opts.threads, noise_levels=limits.noise_level, share=fp32) \
+        if limits.noise_level else None
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="diffvos-calib-") as tmp:
         work = Path(tmp)
@@ -237,7 +238,7 @@ def calibrate_bundle(bundle: str | Path, frames: Sequence[str | Path], output: s
             last: dict[str, list[MaskCheck]] = {}
 
             def gate(path: Path) -> dict[str, Any]:
-                rt = cpu_runtime(bundle, manifest, opts.threads, features=path)
+                rt = cpu_runtime(bundle, manifest, opts.threads, features=path, share=fp32)
                 results = [measure(rt, ref, cfg) for ref in refs]
                 last[str(path)] = [verdict(ref, ious, jf, limits) for ref, (ious, jf) in zip(refs, results)]
                 return pooled(refs, results, limits)
@@ -265,7 +266,7 @@ def calibrate_bundle(bundle: str | Path, frames: Sequence[str | Path], output: s
         log(f"held-out features ({len(hx)} frames) ...")
         accuracy = evaluate(final, hx, hrefs, opts.threads)
         log(f"mask gate on {len(final_clips)} video(s) through Session.step ...")
-        candidate_rt = cpu_runtime(bundle, manifest, opts.threads, features=final)
+        candidate_rt = cpu_runtime(bundle, manifest, opts.threads, features=final, share=fp32)
         checks = []
         for clip in final_clips:
             ref = reference(fp32, noisy, clip, cfg)
@@ -281,7 +282,7 @@ def calibrate_bundle(bundle: str | Path, frames: Sequence[str | Path], output: s
         report = Calibration(
             method=opts.method, calibration_frames=len(calib_idx), heldout_frames=len(held_idx),
             sources=[str(p) for p in frames], seed=cfg.seed, fresh_noise=cfg.fresh_noise,
-            chosen={**base.config.describe(), "name": base.config.name, "kept_float_by_search": len(kept),
+            chosen={**base.config.describe(), "kept_float_by_search": len(kept),
                     "quantiser": "onnxruntime.quantization.quantize_static (QDQ)"},
             candidates=[c.row() for c in candidates], accuracy=accuracy, limits=limits.as_dict(),
             passed=not failed, sensitivity=sens, fp32_ms=speed.fp32_ms if speed else None,

@@ -110,8 +110,13 @@ class NoisyInput(EngineBase):
 
     def __init__(self, engine: Engine, sigma: float, seed: int = NOISE_SEED) -> None:
         super().__init__(engine.note)
-        self.engine, self.sigma = engine, float(sigma)
+        self.engine, self.sigma, self.seed = engine, float(sigma), seed
         self.rng = np.random.default_rng(seed)
+
+    def restart(self) -> None:
+        """Draw the same noise again from the next call: each clip's floor is measured on its own
+        draws, whatever ran before (one realisation moved surf's floor from 0.979 to 0.989)."""
+        self.rng = np.random.default_rng(self.seed)
 
     @property
     def inputs(self):
@@ -135,7 +140,7 @@ class NoisyInput(EngineBase):
         return self.engine.infer(noisy)
 
     def close(self) -> None:
-        self.engine.close()
+        """Nothing to free: the wrapped engine belongs to the runtime it came from."""
 
 
 def grey_level_sigma(manifest: Manifest) -> tuple[str, float]:
@@ -152,10 +157,15 @@ def grey_level_sigma(manifest: Manifest) -> tuple[str, float]:
 
 
 def cpu_runtime(bundle: str | Path, manifest: Manifest, threads: int = 0, features: str | Path | None = None,
-                noise_levels: float = 0.0) -> Runtime:
+                noise_levels: float = 0.0, share: Runtime | None = None) -> Runtime:
     """The bundle on ONNX Runtime's CPU provider, with ``features`` (a graph file) in place of its
-    feature graph and/or ``noise_levels`` grey levels of noise on its picture input."""
-    loaders: dict[str, Loader] = dict(loaders_for(bundle, manifest, RuntimeConfig(backend="cpu", threads=threads)))
+    feature graph and/or ``noise_levels`` grey levels of noise on its picture input. ``share``: a
+    CPU runtime of the same bundle whose engines are reused for the graphs not replaced (ONNX
+    Runtime sessions are thread-safe; an ADM-256 graph is 1.7 GB)."""
+    if share is not None:
+        loaders: dict[str, Loader] = {name: (lambda e=engine: e) for name, engine in share.engines.items()}
+    else:
+        loaders = dict(loaders_for(bundle, manifest, RuntimeConfig(backend="cpu", threads=threads)))
     if features is not None:
         loaders[FEATURES_GRAPH] = OrtLoader(Path(features), backend="cpu", threads=threads)
     if noise_levels:
@@ -212,7 +222,12 @@ class Reference:
 
 def reference(fp32: Runtime, noisy: Runtime | None, clip: Clip, config: SessionConfig) -> Reference:
     labels = track(fp32, clip, config)
-    floor = frame_ious(labels, track(noisy, clip, config), clip) if noisy is not None else None
+    floor = None
+    if noisy is not None:
+        for engine in noisy.engines.values():
+            if isinstance(engine, NoisyInput):
+                engine.restart()
+        floor = frame_ious(labels, track(noisy, clip, config), clip)
     return Reference(clip, labels, floor, jf_points(clip, labels))
 
 
