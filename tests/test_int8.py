@@ -373,3 +373,18 @@ def test_mask_check_is_typed_in_the_manifest(tmp_path):
     with pytest.raises(BundleError, match=r"calibration\.videos\[0\]\.mean_iou must be a number"):
         read_manifest(bundle)
     assert MaskCheck  # the section's type is public
+
+
+def test_build_engine_refuses_a_graph_tensorrt_would_reject(scene):
+    """A --target cpu bundle (uint8 activations, int32 biases) is stopped before any GPU work,
+    with the rule it breaks."""
+    from diffvos.calibration.engine_build import build_bundle_engines
+    from diffvos.errors import ExportError
+
+    out = scene["root"] / "cpu-target"
+    report = calibrate_bundle(scene["bundle"], [scene["calib"]], out,
+                              _options(scene, target="cpu", search=False, allow_failed=True), **QUIET)
+    assert any("zero point is uint8" in v for v in report.tensorrt_violations)
+    assert not any("TensorRT" in f for f in report.failures)  # the cpu target is not gated on TensorRT's rules
+    with pytest.raises(ExportError, match=r"breaks TensorRT's Q/DQ rules \(\d+ violations, e.g. .*zero point is"):
+        build_bundle_engines(out, trt=object(), cuda=object(), log=lambda s: None)

@@ -59,7 +59,9 @@ def format_report(r: Calibration) -> str:
         k = r.search.kept
         lines.append(f"search from '{r.search.base}' (keep k float): {trace} -> "
                      + (f"k = {k} after {len(r.search.steps)} evaluations" if k is not None else "no k passed"))
-    lines.append(f"kept float: {', '.join(r.kept_float) if r.kept_float else 'none'}")
+    kept = ", ".join(r.kept_float[:SHOWN]) + (f", ... {len(r.kept_float) - SHOWN} more in the manifest"
+                                               if len(r.kept_float) > SHOWN else "")
+    lines.append(f"kept float ({len(r.kept_float)}): {kept or 'none'}")
     lines.append(f"INT8 share of the compute FLOPs: {_pct(r.int8_flop_fraction)}")
     acc = r.accuracy
     if acc.get("frames"):
