@@ -201,6 +201,8 @@ class RuntimeConfig:
     threads: int = option(0, "CPU threads for ONNX Runtime and the propagation's BLAS (0: the runtime chooses, "
                           "see diffvos/runtime/threads.py)", minimum=0)
     verify_files: bool = option(True, "check every graph's sha256 on load", cli=False)
+    allow_failed_calibration: bool = option(False, "load an INT8 bundle whose calibration failed its accuracy gate "
+                                            "(written by 'diffvos calibrate --allow-failed'); refused otherwise")
 
     def __post_init__(self) -> None:
         validate(self)

@@ -195,17 +195,27 @@ int main(int argc, char **argv)
     report("runtime_destroyed_again", diffvos_runtime_destroy(rt));
     printf("status_string %s\n", diffvos_status_string(DIFFVOS_ERR_BUSY));
     printf("api_version %d\n", (int)diffvos_api_version());
+    if (argc > 2) { /* a bundle whose INT8 calibration failed its gate: refused unless allowed */
+        diffvos_runtime_options o;
+        report("options_init", diffvos_runtime_options_init(&o));
+        printf("allow_failed_default %d\n", (int)o.allow_failed_calibration);
+        report("failed_refused", diffvos_runtime_create(argv[2], &o, &rt));
+        o.allow_failed_calibration = 1;
+        report("failed_allowed", diffvos_runtime_create(argv[2], &o, &rt));
+        report("failed_destroy", diffvos_runtime_destroy(rt));
+    }
     printf("done\n");
     return 0;
 }
 """
 
 
-def _run_errors(capi: Path, bundle: Path, tmp_path: Path, **env: str) -> dict[str, tuple[int, str]]:
+def _run_errors(capi: Path, bundle: Path, tmp_path: Path, *more: Path, **env: str) -> dict[str, tuple[int, str]]:
     src = tmp_path / "errors.c"
     src.write_text(ERRORS_C)
     exe = _compile(capi, src, tmp_path / "errors")
-    done = subprocess.run([str(exe), str(bundle)], capture_output=True, text=True, env=_env(**env), timeout=120)
+    done = subprocess.run([str(exe), str(bundle), *map(str, more)], capture_output=True, text=True, env=_env(**env),
+                          timeout=120)
     assert done.returncode == 0, f"the C host crashed or failed: rc {done.returncode}\n{done.stdout}\n{done.stderr}"
     rows = {}
     for line in done.stdout.splitlines():
@@ -215,8 +225,21 @@ def _run_errors(capi: Path, bundle: Path, tmp_path: Path, **env: str) -> dict[st
     return rows
 
 
+def _failed_bundle(folder: Path) -> Path:
+    """A toy bundle marked as calibrated and failed (the runtime must refuse it by default)."""
+    from diffvos.bundle import Calibration, read_manifest, write_manifest
+
+    out = make_toy_bundle(folder, height=H, width=W)
+    m = read_manifest(out)
+    m.calibration = Calibration(method="entropy", calibration_frames=4, heldout_frames=2, sources=[], seed=0,
+                                fresh_noise=False, chosen={}, candidates=[], accuracy={}, limits={}, passed=False,
+                                failures=["surf: mask IoU vs FP32 0.9700 < 0.9800, short by 0.0100"])
+    write_manifest(out, m)
+    return out
+
+
 def test_errors_cross_the_abi_as_statuses(capi, bundle, tmp_path):
-    r = _run_errors(capi, bundle, tmp_path)
+    r = _run_errors(capi, bundle, tmp_path, _failed_bundle(tmp_path / "failed"))
     expect = {
         "missing_bundle": Status.BUNDLE, "null_bundle": Status.NULL_HANDLE, "null_out": Status.NULL_HANDLE,
         "runtime_ok": Status.OK, "null_runtime": Status.NULL_HANDLE, "bad_width": Status.INVALID_ARGUMENT,
@@ -227,7 +250,8 @@ def test_errors_cross_the_abi_as_statuses(capi, bundle, tmp_path):
         "object_ids_count_only": Status.OK, "provider": Status.OK, "metadata": Status.OK,
         "destroy_ok": Status.OK, "destroyed_again": Status.INVALID_HANDLE,
         "destroyed_track": Status.INVALID_HANDLE, "runtime_destroy_ok": Status.OK,
-        "runtime_destroyed_again": Status.INVALID_HANDLE,
+        "runtime_destroyed_again": Status.INVALID_HANDLE, "options_init": Status.OK,
+        "failed_refused": Status.BUNDLE, "failed_allowed": Status.OK, "failed_destroy": Status.OK,
     }
     for name, status in expect.items():
         code, message = r[name]
@@ -250,7 +274,8 @@ def test_errors_cross_the_abi_as_statuses(capi, bundle, tmp_path):
     assert r["provider_name"][1] == "CPUExecutionProvider" or r["provider_name"][1].endswith("ExecutionProvider")
     assert r["metadata_has_stride"] == (1, "")
     assert r["status_string"][1] == STATUS_TEXT[Status.BUSY]
-    assert r["api_version"] == (1, "")
+    assert r["api_version"] == (2, "")
+    assert r["allow_failed_default"] == (0, "") and "short by 0.0100" in r["failed_refused"][1]
     assert "done" in r
 
 

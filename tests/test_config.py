@@ -63,7 +63,7 @@ def test_header_documents_the_config_defaults():
         "memory": str(p.memory), "topk": str(p.topk), "radius": str(p.radius), "temperature": f"{p.temperature:g}",
         "mag_filter": p.mag_filter, "seed": str(s.seed), "fresh_noise": str(int(s.fresh_noise)),
         "color": s.color, "concurrency": s.concurrency, "backend": r.backend, "threads": str(r.threads),
-        "verify_files": str(int(r.verify_files)),
+        "verify_files": str(int(r.verify_files)), "allow_failed_calibration": str(int(r.allow_failed_calibration)),
     }
     assert documented == expected
     assert all(f'"{b}"' in text for b in BACKENDS)

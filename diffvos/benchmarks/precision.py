@@ -69,12 +69,14 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=8, help="calibration frames")
     ap.add_argument("--method", default="entropy")
     ap.add_argument("--target", default="tensorrt", choices=("tensorrt", "cpu"))
-    ap.add_argument("--sensitivity", type=int, default=0, help="nodes in the sensitivity table (0: skip)")
+    ap.add_argument("--sensitivity", type=int, default=0,
+                    help="nodes in the sensitivity table, with the mixed-precision search (0: neither)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
 
     from diffvos.bundle.compare import compare
-    from diffvos.calibration.calibrate import CalibrationOptions, calibrate_bundle
+    from diffvos.calibration.calibrate import calibrate_bundle
+    from diffvos.calibration.options import CalibrationOptions
     from diffvos.export.fp16 import convert_bundle_fp16
     from diffvos.io.frames import open_frames
     from diffvos.runtime.features import Features
@@ -85,12 +87,12 @@ def main() -> None:
     fp32 = export_adm(work / "fp32", args.tiny)
     print(f"fp32 bundle ready ({time.perf_counter() - t0:.0f} s)")
     videos = [DAVIS / v for v in ("surf", "motorbike", "breakdance-flare")]
+    annotations = DAVIS.parent.parent / "Annotations" / "480p"
     opts = CalibrationOptions(num_frames=args.calib, heldout=2, method=args.method, target=args.target,
-                              sensitivity=args.sensitivity > 0, sensitivity_limit=args.sensitivity,
-                              time_runs=0, threads=args.threads,
-                              heldout_video=str(DAVIS / "dog-agility"),
-                              heldout_mask=str(DAVIS.parent.parent / "Annotations" / "480p" / "dog-agility" / "00000.png"),
-                              heldout_max_frames=4 if not args.tiny else 20)
+                              search=args.sensitivity > 0, sensitivity_nodes=args.sensitivity, proxy_frames=3,
+                              speed_runs=0, threads=args.threads, masks=[str(annotations / v.name) for v in videos],
+                              heldout_videos=[(str(DAVIS / "dog-agility"), str(annotations / "dog-agility"))],
+                              heldout_max_frames=4 if not args.tiny else 20, allow_failed=True)
     t0 = time.perf_counter()
     report = calibrate_bundle(fp32, videos, work / "int8", opts, force=True)
     print(f"calibration + report: {time.perf_counter() - t0:.0f} s")
@@ -114,9 +116,12 @@ def main() -> None:
     for name, (ms, out) in rows.items():
         c = compare(ref, out)
         print(f"{name:<10}{ms:>12.1f}{base_ms / ms:>9.2f}x{c.cosine:>12.6f}{c.max_rel_error:>10.4f}")
-    int8_ok = base_ms / rows["int8"][0] >= 1.3 and compare(ref, rows["int8"][1]).cosine >= 0.99
-    print(f"target INT8 >= 1.3x at cosine >= 0.99: {'met' if int8_ok else 'NOT met'}; "
-          f"calibration report {'PASS' if report['passed'] else 'FAIL'} (chosen '{report['chosen']['name']}')")
+    if args.target == "tensorrt":
+        print("(--target tensorrt places Q/DQ as TensorRT wants them, which ONNX Runtime's CPU provider does not "
+              "fuse into integer kernels: the INT8 row is the accuracy-check graph, its speed comes from TensorRT; "
+              "--target cpu times ONNX Runtime's own INT8 kernels)")
+    print(f"calibration report {'PASS' if report.passed else 'FAIL'} (from '{report.chosen['name']}', "
+          f"{len(report.kept_float)} node(s) kept float)")
 
 
 if __name__ == "__main__":

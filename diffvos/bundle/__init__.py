@@ -15,6 +15,7 @@ from diffvos.bundle.manifest import (
     Calibration,
     Checkpoint,
     Comparison,
+    CpuSpeed,
     ExportFacts,
     Flops,
     Fp16Conversion,
@@ -22,7 +23,10 @@ from diffvos.bundle.manifest import (
     GraphFacts,
     Latent,
     Manifest,
+    MaskCheck,
+    PrecisionSearch,
     Preprocess,
+    SearchStep,
     StreamBatch,
     TensorRTPlan,
     read_manifest,
@@ -33,6 +37,7 @@ from diffvos.bundle.manifest import (
 __all__ = [
     "AFFINITY_KINDS", "DDIM", "NOISE_GRAPH", "Affinity",
     "FEATURES_GRAPH", "MANIFEST_NAME", "SCHEMA_VERSION", "VAE_GRAPH", "Calibration", "Checkpoint", "Comparison",
+    "CpuSpeed", "MaskCheck", "PrecisionSearch", "SearchStep",
     "ExportFacts", "Flops", "Fp16Conversion", "GraphEntry", "GraphFacts", "Latent", "Manifest", "Preprocess",
     "StreamBatch", "TensorRTPlan", "read_manifest", "sha256_file", "write_manifest",
 ]

@@ -163,6 +163,65 @@ class TensorRTPlan:
 
 
 @dataclass
+class MaskCheck:
+    """One video of the INT8 mask gate: masks tracked with the INT8 graph against the FP32
+    bundle's (``Session.step``, same options), and J&F against ground truth where given."""
+
+    video: str
+    frames: int  # frames scored (after the first, which is the given mask)
+    objects: int
+    mean_iou: float  # mean over the scored frames of the per-frame object IoU vs FP32
+    min_iou: float
+    iou_limit: float  # what mean_iou had to reach: min(--min-iou, noise_floor_iou)
+    passed: bool
+    noise_floor_iou: float | None = None  # FP32 vs FP32 with one grey level of input noise
+    jf_fp32: float | None = None  # DAVIS J&F in points (0-100), where ground truth was given
+    jf: float | None = None
+    jf_delta: float | None = None  # jf - jf_fp32, points
+    role: str = "heldout"  # heldout | calibration (its non-calibration frames) | proxy
+    mask: str = ""  # where the first mask came from
+
+
+@dataclass
+class SearchStep:
+    """One evaluation of the mixed-precision search: the k most sensitive nodes kept float."""
+
+    k: int
+    graph_sha256: str
+    int8_flop_fraction: float | None
+    mean_iou: float  # pooled over the proxy clips' frames
+    iou_limit: float
+    passed: bool
+    jf_delta: float | None = None  # mean over the proxy clips with ground truth, points
+    seconds: float | None = None
+    same_graph_as: int | None = None  # an earlier k whose graph was identical (not re-evaluated)
+
+
+@dataclass
+class PrecisionSearch:
+    """Which nodes stay float: the sensitivity ranking and the search over how many."""
+
+    base: str  # the candidate the search started from
+    order: list[str]  # compute nodes, most sensitive first
+    steps: list[SearchStep]
+    kept: int | None  # k chosen (None: no k passed the proxy gate)
+    proxy: list[MaskCheck] = field(default_factory=list)  # the FP32 references of the proxy clips
+    seconds: float | None = None
+
+
+@dataclass
+class CpuSpeed:
+    """The INT8 graph against FP32 on ONNX Runtime's CPU provider (alternating runs, medians)."""
+
+    fp32_ms: float
+    int8_ms: float
+    speedup: float  # fp32_ms / int8_ms
+    runs: int
+    threads: int
+    note: str = ""
+
+
+@dataclass
 class Calibration:
     """The INT8 calibration and its accuracy report (``diffvos calibrate``)."""
 
@@ -174,15 +233,39 @@ class Calibration:
     fresh_noise: bool
     chosen: dict[str, Any]
     candidates: list[dict[str, Any]]
-    accuracy: dict[str, Any]
+    accuracy: dict[str, Any]  # feature agreement on held-out frames (reported, not gated)
     limits: dict[str, float]
     passed: bool
-    masks: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, Any] = field(default_factory=dict)  # schema-2 bundles before issue 14
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
     fp32_ms: float | None = None
     trt_calibration_cache: dict[str, Any] = field(default_factory=dict)
     source_bundle: str | None = None
     seconds: float | None = None
+    failures: list[str] = field(default_factory=list)  # each failed limit and by how much
+    videos: list[MaskCheck] = field(default_factory=list)  # the mask gate, per video
+    kept_float: list[str] = field(default_factory=list)  # compute nodes left in float
+    int8_flop_fraction: float | None = None  # of the compute nodes' FLOPs
+    search: PrecisionSearch | None = None
+    cpu_speed: CpuSpeed | None = None
+    tensorrt_violations: list[str] = field(default_factory=list)  # Q/DQ rules (calibration.qdq_check)
+    recommendation: str | None = None
+
+    def failed_limits(self) -> list[str]:
+        """Why this calibration failed its gate (empty when it passed); bundles written before
+        the failures were recorded get them rebuilt from their limits and measurements."""
+        if self.passed:
+            return []
+        if self.failures:
+            return list(self.failures)
+        lines = []
+        cos, need = self.accuracy.get("min_cosine"), self.limits.get("min_cosine")
+        if isinstance(cos, (int, float)) and isinstance(need, (int, float)) and cos < need:
+            lines.append(f"held-out feature cosine {cos:.4f} < {need:g} (by {need - cos:.4f})")
+        iou, need = self.masks.get("mean_iou"), self.limits.get("min_iou")
+        if isinstance(iou, (int, float)) and isinstance(need, (int, float)) and iou < need:
+            lines.append(f"mask IoU vs FP32 {iou:.4f} < {need:g} (by {need - iou:.4f})")
+        return lines or ["the calibration report says it did not pass"]
 
 
 @dataclass

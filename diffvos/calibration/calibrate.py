@@ -1,10 +1,20 @@
-"""``diffvos calibrate``: FP32 bundle + frames -> INT8 (Q/DQ) bundle with an accuracy report.
+"""``diffvos calibrate``: FP32 bundle + frames -> INT8 (Q/DQ) bundle that keeps the masks, or nothing.
 
-The graph's real input is x_t, so the calibration inputs are made by the runtime's own
-:class:`~diffvos.runtime.features.Features` (preprocessing, VAE for latent models, the seeded
-noise bank): ``Features.prepare`` gives the feed of a calibration frame, and the engine's public
-observer hook records the feed and the FP32 output of each held-out frame. Nothing of the noise
-injection is re-implemented here; the mask agreement tracks with ``Session.step`` like any user.
+1. Calibration inputs are made by the runtime's own :class:`~diffvos.runtime.features.Features`
+   (preprocessing, VAE, the seeded noise bank); held-out frames and their FP32 outputs are
+   recorded through the engine's public observer hook. Entropy ranges, once.
+2. Candidates (op-type sets) are quantised with TensorRT's Q/DQ placement; identical graphs are
+   dropped (by hash) and the one with the most INT8 FLOPs is the search's start.
+3. Keep-one-float sensitivity on held-out frames ranks the nodes; the mixed-precision search keeps
+   the fewest of them float that pass the mask gate on the calibration videos' first frames
+   (IoU against FP32 floored at FP32's own agreement under one grey level of input noise).
+4. The final gate: masks through ``Session.step`` with the user's options on held-out videos
+   (``--heldout-video``) or, by default, on the calibration videos scored on their
+   non-calibration frames: IoU vs FP32 >= 0.98 (or the noise floor where that is lower) and J&F
+   at most 0.5 points below FP32 where ground truth is given. Feature cosine is reported only.
+   A TensorRT-target graph must also pass the Q/DQ rules (:mod:`~diffvos.calibration.qdq_check`).
+5. Only a passing bundle is written; ``allow_failed`` writes a failed one, which the runtime
+   refuses to load unless told ``allow_failed_calibration``.
 """
 
 from __future__ import annotations
@@ -12,38 +22,52 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from diffvos.bundle import (
-    FEATURES_GRAPH,
-    Calibration,
-    GraphEntry,
-    read_manifest,
-    sha256_file,
-    write_manifest,
-)
+from diffvos.bundle import FEATURES_GRAPH, Calibration, GraphEntry, MaskCheck, read_manifest, sha256_file, write_manifest
 from diffvos.calibration.frames import FramePool, split_indices
+from diffvos.calibration.mask_gate import (
+    Clip,
+    cpu_runtime,
+    failures,
+    measure,
+    open_clip,
+    pooled,
+    reference,
+    verdict,
+)
+from diffvos.calibration.qdq_check import check_tensorrt
+from diffvos.calibration.qdq_graph import (
+    derive,
+    graph_sha256,
+    int8_flop_fraction,
+    load,
+    name_nodes,
+    node_costs,
+    prune,
+    quantised_nodes,
+)
+from diffvos.calibration.options import TARGETS, CalibrationOptions
 from diffvos.calibration.quantize import (
     Candidate,
     QuantConfig,
     calibrate_ranges,
     candidate_configs,
-    choose,
+    distinct,
     op_types_to_calibrate,
     quantize_graph,
 )
 from diffvos.calibration.report import feature_agreement, format_report
-from diffvos.calibration.trt_cache import DEFAULT_TRT_VERSION, write_cache
-from diffvos.config import SessionConfig
+from diffvos.calibration.search import MixedPrecisionSearch
+from diffvos.calibration.sensitivity import keep_float_table, ranking, spread
+from diffvos.calibration.speed import cpu_speed
+from diffvos.calibration.trt_cache import write_cache
 from diffvos.errors import BundleError, InputError
-from diffvos.evaluation.davis import mean_object_iou
-from diffvos.io.atomic import staged_directory
-from diffvos.io.frames import open_frames
-from diffvos.io.masks import check_mask_size, read_mask
+from diffvos.io.atomic import prepare_output_dir, staged_directory
 from diffvos.runtime.engine import Engine
 from diffvos.runtime.features import Features
 from diffvos.runtime.ort_engine import OrtLoader
@@ -51,33 +75,6 @@ from diffvos.runtime.session import Runtime
 
 TRT_CACHE_NAME = "calibration.cache"
 RANGES_NAME = "calibration_ranges.json"
-
-
-@dataclass
-class CalibrationOptions:
-    num_frames: int = 64
-    heldout: int = 8
-    method: str = "entropy"
-    percentile: float = 99.999
-    target: str = "tensorrt"
-    configs: list[QuantConfig] | None = None  # None: candidate_configs(target)
-    min_cosine: float = 0.99
-    min_iou: float = 0.9
-    seed: int = 0  # the runtime's default noise seed: calibrate on the noise it will see
-    fresh_noise: bool = False
-    sensitivity: bool = True
-    sensitivity_limit: int = 12  # nodes spread through the graph; 0: every quantised node
-    time_runs: int = 3
-    threads: int = 0
-    trt_version: str = DEFAULT_TRT_VERSION
-    heldout_video: str | None = None
-    heldout_mask: str | None = None
-    heldout_max_frames: int = 30
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _features(runtime: Runtime, opts: CalibrationOptions) -> Features:
-    return Features(runtime.manifest, runtime.engines, seed=opts.seed, fresh_noise=opts.fresh_noise)
 
 
 def calibration_inputs(features: Features, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -101,75 +98,69 @@ def heldout_pairs(features: Features, frames: Iterator[np.ndarray]) -> list[tupl
     return pairs
 
 
-def _median_ms(engine: Engine, feed: dict[str, np.ndarray], runs: int) -> float:
-    engine.infer(feed)  # warm-up
-    times = []
-    for _ in range(max(runs, 1)):
-        t0 = time.perf_counter()
-        engine.infer(feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
-
-
-def evaluate(path: Path, inputs: list[np.ndarray], refs: list[np.ndarray], threads: int) -> tuple[dict, Engine]:
+def evaluate(path: Path, inputs: list[np.ndarray], refs: list[np.ndarray], threads: int) -> dict[str, Any]:
     """Feature agreement of the graph at ``path`` with the FP32 references, on the CPU."""
-    engine = OrtLoader(path, backend="cpu", threads=threads)()
-    name = engine.inputs[0].name
-    outs = [next(iter(engine.infer({name: x}).values())) for x in inputs]
-    return feature_agreement(refs, outs), engine
+    engine: Engine = OrtLoader(path, backend="cpu", threads=threads)()
+    try:
+        name = engine.inputs[0].name
+        outs = [next(iter(engine.infer({name: x}).values())) for x in inputs]
+    finally:
+        engine.close()
+    return feature_agreement(refs, outs)
 
 
-def sensitivity_table(model: Path, work: Path, ranges: Path, config: QuantConfig,
-                      x: np.ndarray, ref: np.ndarray, threads: int, limit: int = 0,
-                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Cosine vs FP32 with only one node quantised, for each node ``config`` would quantise."""
-    import onnx
-
-    graph = onnx.load(str(model), load_external_data=False).graph
-    ops = set(config.op_types) if config.op_types else {"Conv", "MatMul", "Gemm"}
-    nodes = [(n.name, n.op_type) for n in graph.node if n.op_type in ops]
-    if limit and len(nodes) > limit:
-        nodes = [nodes[i] for i in np.linspace(0, len(nodes) - 1, limit).round().astype(int)]
-    log(f"sensitivity: quantising each of {len(nodes)} nodes alone ...")
-    rows = []
-    single = QuantConfig("single", config.op_types, keep_first_last=False, per_channel=config.per_channel,
-                         target=config.target)
-    for name, op in nodes:
-        out = work / "single.onnx"
-        quantize_graph(model, out, ranges, single, nodes_to_quantize=[name])
-        acc, _ = evaluate(out, [x], [ref], threads)
-        rows.append({"node": name, "op": op, "cosine": acc["min_cosine"], "max_rel_error": acc["max_rel_error"]})
-    rows.sort(key=lambda r: r["cosine"])
-    return rows
-
-
-def mask_agreement(fp32_bundle: Path, candidate_bundle: Path, video: str, mask: str, opts: CalibrationOptions) -> dict[str, Any]:
-    """Track the held-out video with both bundles (same seed and options, as a user would track)
-    and compare the label maps frame by frame."""
-    source = open_frames(video)
-    first = read_mask(mask)
-    labels = check_mask_size(first, source.size)
-    n = min(len(source), opts.heldout_max_frames) if opts.heldout_max_frames else len(source)
-    config = SessionConfig(seed=opts.seed, fresh_noise=opts.fresh_noise)
-    height, width = source.size
-    sessions = [Runtime(b, backend="cpu", threads=opts.threads).session(width, height, config)
-                for b in (fp32_bundle, candidate_bundle)]
-    ious = []
-    for frame in source.select(range(n)):
-        a, b = (s.step(frame.bgr, mask=labels if frame.index == 0 else None) for s in sessions)
-        if frame.index:
-            ious.append(mean_object_iou(a, b, first.object_ids))
-    if not ious:
-        return {"skipped": "held-out video has a single frame"}
-    return {"video": str(video), "frames": len(ious), "objects": len(first.object_ids),
-            "mean_iou": float(np.mean(ious)), "min_iou": float(np.min(ious))}
+def _gate_clips(frames: Sequence[str | Path], pool: FramePool, calib_idx: Sequence[int],
+                opts: CalibrationOptions, log: Callable[[str], None]) -> tuple[list[Clip], list[Clip]]:
+    """(proxy clips for the search, final clips): opened before any long work so that a bad
+    video or mask fails at once."""
+    masks = list(opts.masks) if opts.masks is not None else [None] * len(frames)
+    if len(masks) != len(frames):
+        raise InputError(f"--masks gives {len(masks)} mask(s) for {len(frames)} --frames source(s): one per source, "
+                         "in the same order ('-' for none)")
+    proxy, final = [], []
+    for k, (src, mask) in enumerate(zip(frames, masks)):
+        length = len(pool.sources[k])
+        if length < 3:
+            log(f"  {src}: {length} frame(s), too short to track: not used by the mask gate")
+            continue
+        proxy.append(open_clip(src, mask, opts.proxy_frames, role="proxy"))
+        if not opts.heldout_videos:
+            lo = int(pool.offsets[k])
+            calib_here = [i - lo for i in calib_idx if lo <= i < lo + length]
+            final.append(open_clip(src, mask, opts.heldout_max_frames, unscored=calib_here, role="calibration"))
+    for video, mask in opts.heldout_videos:
+        final.append(open_clip(video, mask, opts.heldout_max_frames, role="heldout"))
+    if not final:
+        raise InputError("no video to check the masks on: the --frames sources are single images; give "
+                         "--heldout-video/--heldout-mask")
+    return proxy, final
 
 
-def calibrate_bundle(bundle: str | Path, frames: list[str | Path], output: str | Path,
+def _write_bundle(bundle: Path, manifest: Any, graph: Path, ranges_path: Path, ranges: Any, report: Calibration,
+                  output: str | Path, force: bool, trt_version: str) -> None:
+    with staged_directory(output, force=force) as stage:
+        graphs: dict[str, GraphEntry] = {}
+        for name, g in manifest.graphs.items():
+            if name == FEATURES_GRAPH:
+                shutil.copyfile(graph, stage / g.file)
+                graphs[name] = GraphEntry(g.file, sha256_file(stage / g.file), g.inputs, g.outputs, precision="int8")
+            else:  # e.g. the VAE encoder stays as it is
+                for f in filter(None, (g.file, g.external_data)):
+                    shutil.copyfile(bundle / f, stage / f)
+                graphs[name] = g
+        shutil.copyfile(ranges_path, stage / RANGES_NAME)
+        write_cache(stage / TRT_CACHE_NAME, ranges, trt_version)
+        write_manifest(stage, replace(manifest, graphs=graphs, precision="int8", tensorrt={}, calibration=report))
+
+
+def calibrate_bundle(bundle: str | Path, frames: Sequence[str | Path], output: str | Path,
                      opts: CalibrationOptions | None = None, force: bool = False,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Calibrate, choose a configuration by measurement, write the INT8 bundle; return the report."""
+                     log: Callable[[str], None] = print) -> Calibration:
+    """Calibrate, keep the fewest nodes float that pass the mask gate, and write the INT8 bundle
+    if it passes (or ``opts.allow_failed``); return the report either way."""
     opts = opts or CalibrationOptions()
+    if opts.target not in TARGETS:
+        raise InputError(f"--target must be one of {', '.join(TARGETS)}, got {opts.target!r}")
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     if manifest.precision != "fp32":
@@ -177,83 +168,136 @@ def calibrate_bundle(bundle: str | Path, frames: list[str | Path], output: str |
     entry = manifest.graphs[FEATURES_GRAPH]
     if entry.external_data:
         raise BundleError("graphs with external weights are not supported by calibrate yet", bundle / entry.file)
-    src_graph = bundle / entry.file
-    input_name = entry.input_name
-    pool = FramePool(frames)
+    prepare_output_dir(output, force)  # refuse a non-empty output now, not after the long part
+    cfg, limits = opts.session, opts.limits
+    pool = FramePool(list(frames))
     calib_idx, held_idx = split_indices(len(pool), opts.num_frames, opts.heldout)
     if not held_idx:
         raise InputError(f"need more frames than --num-frames ({len(pool)} given) to keep held-out frames for the report")
-    features = _features(Runtime(bundle, backend="cpu", threads=opts.threads), opts)
+    proxy_clips, final_clips = _gate_clips(frames, pool, calib_idx, opts, log)
+    fp32 = Runtime(bundle, backend="cpu", threads=opts.threads)
+    features = Features(fp32.manifest, fp32.engines, cfg.seed, cfg.fresh_noise, cfg.inversion_steps)
+    noisy = cpu_runtime(bundle, manifest, opts.threads, noise_levels=limits.noise_level, share=fp32) \
+        if limits.noise_level else None
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="diffvos-calib-") as tmp:
         work = Path(tmp)
+        float_model = name_nodes(load(bundle / entry.file))
+        src = work / "float.onnx"
+        import onnx
+
+        onnx.save(float_model, str(src))
         ranges_path = work / RANGES_NAME
+        configs = opts.configs or candidate_configs(opts.target, opts.exclude)
         log(f"calibrating on {len(calib_idx)} frames ({opts.method}) ...")
-        configs = opts.configs or candidate_configs(opts.target)
         xs = calibration_inputs(features, pool.frames(calib_idx))
-        ranges = calibrate_ranges(src_graph, input_name, xs, method=opts.method, percentile=opts.percentile,
+        ranges = calibrate_ranges(src, entry.input_name, xs, method=opts.method, percentile=opts.percentile,
                                   symmetric=opts.target == "tensorrt", workdir=work, cache_path=ranges_path,
                                   op_types=op_types_to_calibrate(configs))
         log(f"held-out reference: {len(held_idx)} frames through the FP32 graph ...")
         held = heldout_pairs(features, pool.frames(held_idx))
         hx, hrefs = [x for x, _ in held], [r for _, r in held]
-        fp32_ms = _median_ms(features.engine, {input_name: hx[0]}, opts.time_runs) if opts.time_runs else None
+        costs = node_costs(float_model, hx[0].shape)
+
         candidates = []
-        for cfg in configs:
-            path = work / f"q_{cfg.name}.onnx"
-            quantize_graph(src_graph, path, ranges_path, cfg)
-            acc, engine = evaluate(path, hx, hrefs, opts.threads)
-            ms = _median_ms(engine, {input_name: hx[0]}, opts.time_runs) if opts.time_runs else None
-            cand = Candidate(cfg, path, acc["min_cosine"], acc["max_rel_error"], ms,
-                             (fp32_ms / ms) if (ms and fp32_ms) else None)
-            log(f"  {cfg.name}: cosine {cand.cosine:.5f}" + (f", {ms:.1f} ms ({cand.speedup:.2f}x)" if ms else ""))
+        for c in configs:
+            path = work / f"q_{c.name}.onnx"
+            quantize_graph(src, path, ranges_path, c)
+            model = prune(load(path))[0]
+            onnx.save(model, str(path))
+            cand = Candidate(c, path, graph_sha256(model))
             candidates.append(cand)
-            engine.close()
-        best = choose(candidates, opts.min_cosine)
-        sens = []
-        if opts.sensitivity:
-            sens = sensitivity_table(src_graph, work, ranges_path, best.config, hx[0], hrefs[0],
-                                     opts.threads, opts.sensitivity_limit, log)
-        accuracy, _ = evaluate(best.path, hx, hrefs, opts.threads)
-        report: dict[str, Any] = {
-            "method": opts.method,
-            "calibration_frames": len(calib_idx),
-            "heldout_frames": len(held_idx),
-            "sources": [str(p) for p in frames],
-            "seed": opts.seed,
-            "fresh_noise": opts.fresh_noise,
-            "chosen": best.config.describe(),
-            "candidates": [c.row() for c in candidates],
-            "fp32_ms": fp32_ms,
-            "accuracy": accuracy,
-            "sensitivity": sens,
-            "limits": {"min_cosine": opts.min_cosine, "min_iou": opts.min_iou},
-            "trt_calibration_cache": {"file": TRT_CACHE_NAME, "trt_version": opts.trt_version,
-                                      "applies_to": {"graph": str(src_graph), "sha256": entry.sha256}},
-            "source_bundle": str(bundle),
-        }
-        with staged_directory(output, force=force) as stage:
-            graphs: dict[str, GraphEntry] = {}
-            for name, g in manifest.graphs.items():
-                if name == FEATURES_GRAPH:
-                    shutil.copyfile(best.path, stage / g.file)
-                    graphs[name] = GraphEntry(g.file, sha256_file(stage / g.file), g.inputs, g.outputs, precision="int8")
-                else:  # e.g. the VAE encoder stays as it is
-                    for f in filter(None, (g.file, g.external_data)):
-                        shutil.copyfile(bundle / f, stage / f)
-                    graphs[name] = g
-            shutil.copyfile(ranges_path, stage / RANGES_NAME)
-            write_cache(stage / TRT_CACHE_NAME, ranges, opts.trt_version)
-            write_manifest(stage, replace(manifest, graphs=graphs, precision="int8", tensorrt={}))
-            if opts.heldout_video and opts.heldout_mask:
-                log("mask agreement on the held-out video ...")
-                report["masks"] = mask_agreement(bundle, stage, opts.heldout_video, opts.heldout_mask, opts)
-            else:
-                report["masks"] = {"skipped": "no --heldout-video/--heldout-mask given"}
-            iou_ok = report["masks"].get("mean_iou", 1.0) >= opts.min_iou
-            report["passed"] = bool(accuracy["min_cosine"] >= opts.min_cosine and iou_ok)
-            report["seconds"] = round(time.perf_counter() - t_start, 1)
-            write_manifest(stage, replace(manifest, graphs=graphs, precision="int8", tensorrt={},
-                                          calibration=Calibration(**report)))
-    log(format_report(report))
+        unique = distinct(candidates)
+        for cand in unique:
+            model = load(cand.path)
+            acc = evaluate(cand.path, hx, hrefs, opts.threads)
+            qdq = check_tensorrt(model)
+            cand.facts = {"int8_flop_fraction": int8_flop_fraction(costs, quantised_nodes(model)),
+                          "min_cosine": acc["min_cosine"], "mean_cosine": acc["mean_cosine"],
+                          "quantize_nodes": qdq.quantize, "tensorrt_violations": len(qdq.violations)}
+        for cand in candidates:
+            note = f"identical graph to '{cand.same_as}'" if cand.same_as else (
+                f"INT8 FLOPs {cand.facts['int8_flop_fraction'] or 0:.1%}, cosine mean {cand.facts['mean_cosine']:.4f}")
+            log(f"  candidate {cand.config.name}: {note}")
+        base = max(unique, key=lambda c: c.facts["int8_flop_fraction"] or 0.0)
+        base_model = load(base.path)
+        base_int8 = quantised_nodes(base_model)
+        int8_nodes = [n.name for n in base_model.graph.node if n.name in base_int8]
+
+        search = None
+        sens: list[dict[str, Any]] = []
+        kept: list[str] = []
+        if opts.search and int8_nodes and proxy_clips:
+            nodes = spread(int8_nodes, opts.sensitivity_nodes)
+            log(f"sensitivity: {len(nodes)} nodes kept float one at a time, {len(hx)} held-out frames ...")
+            sens, base_cos = keep_float_table(base_model, float_model, nodes, costs, hx, hrefs, work, opts.threads, log)
+            order = ranking(sens, int8_nodes)
+            log(f"proxy references: FP32 on the first {opts.proxy_frames} frames of {len(proxy_clips)} video(s)"
+                + (f", and with {limits.noise_level:g} grey level(s) of input noise" if noisy else "") + " ...")
+            refs = [reference(fp32, noisy, clip, cfg) for clip in proxy_clips]
+            last: dict[str, list[MaskCheck]] = {}
+
+            def gate(path: Path) -> dict[str, Any]:
+                rt = cpu_runtime(bundle, manifest, opts.threads, features=path, share=fp32)
+                results = [measure(rt, ref, cfg) for ref in refs]
+                last[str(path)] = [verdict(ref, ious, jf, limits) for ref, (ious, jf) in zip(refs, results)]
+                return pooled(refs, results, limits)
+
+            log(f"mixed-precision search from '{base.config.name}' ({len(order)} INT8 nodes) ...")
+            searcher = MixedPrecisionSearch(base_model, float_model, order, costs, gate, work, base.config.name, log)
+            search = searcher.run()
+            k = search.kept
+            if k is None:  # nothing passed the proxy: the final gate will say by how much
+                best = max(search.steps, key=lambda s: s.mean_iou - s.iou_limit)
+                k = best.k
+                log(f"  no k passed the proxy gate; checking the closest, keep {k}")
+            search.proxy = last.get(str(searcher.path(k)), [])
+            kept = order[:k]
+            final_model = derive(base_model, float_model, kept)
+        else:
+            final_model = base_model
+        final = work / "final.onnx"
+        onnx.save(final_model, str(final))
+        final_int8 = quantised_nodes(final_model)
+        fraction = int8_flop_fraction(costs, final_int8)
+        kept_float = [c.node for c in costs if c.node not in final_int8]
+        qdq = check_tensorrt(final_model)
+
+        log(f"held-out features ({len(hx)} frames) ...")
+        accuracy = evaluate(final, hx, hrefs, opts.threads)
+        log(f"mask gate on {len(final_clips)} video(s) through Session.step ...")
+        candidate_rt = cpu_runtime(bundle, manifest, opts.threads, features=final, share=fp32)
+        checks = []
+        for clip in final_clips:
+            ref = reference(fp32, noisy, clip, cfg)
+            ious, jf = measure(candidate_rt, ref, cfg)
+            checks.append(verdict(ref, ious, jf, limits))
+        failed = failures(checks, limits)
+        if opts.target == "tensorrt" and qdq.violations:
+            failed.append(f"TensorRT Q/DQ rules: {len(qdq.violations)} violation(s), e.g. {qdq.violations[0]}")
+        speed = cpu_speed(src, final, hx[0], opts.speed_runs, opts.threads) if opts.speed_runs else None
+        advice = None
+        if speed is not None:
+            advice = speed.note if speed.speedup < 1 else "INT8 is for TensorRT; on the CPU compare with FP32 first"
+        report = Calibration(
+            method=opts.method, calibration_frames=len(calib_idx), heldout_frames=len(held_idx),
+            sources=[str(p) for p in frames], seed=cfg.seed, fresh_noise=cfg.fresh_noise,
+            chosen={**base.config.describe(), "kept_float_by_search": len(kept),
+                    "quantiser": "onnxruntime.quantization.quantize_static (QDQ)"},
+            candidates=[c.row() for c in candidates], accuracy=accuracy, limits=limits.as_dict(),
+            passed=not failed, sensitivity=sens, fp32_ms=speed.fp32_ms if speed else None,
+            trt_calibration_cache={"file": TRT_CACHE_NAME, "trt_version": opts.trt_version,
+                                   "applies_to": {"graph": entry.file, "sha256": entry.sha256}},
+            source_bundle=str(bundle), seconds=round(time.perf_counter() - t_start, 1), failures=failed,
+            videos=checks, kept_float=kept_float, int8_flop_fraction=fraction, search=search, cpu_speed=speed,
+            tensorrt_violations=qdq.violations, recommendation=advice,
+        )
+        log(format_report(report))
+        if report.passed or opts.allow_failed:
+            _write_bundle(bundle, manifest, final, ranges_path, ranges, report, output, force, opts.trt_version)
+            if not report.passed:
+                log(f"written anyway (--allow-failed) to {output}: the runtime refuses it unless "
+                    "--allow-failed-calibration (allow_failed_calibration=True) is given")
+        else:
+            log(f"nothing written to {output}: the gate failed (--allow-failed writes it anyway, marked failed)")
     return report

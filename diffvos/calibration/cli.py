@@ -10,32 +10,65 @@ if TYPE_CHECKING:
 
 
 def register(sub: Subcommands) -> None:
-    p = sub.add_parser("calibrate", help="INT8 (Q/DQ) bundle from an FP32 bundle and calibration frames")
+    from diffvos.calibration.options import METHODS, TARGETS, CalibrationOptions, GateLimits
+    from diffvos.config import PropagationConfig, SessionConfig, add_options
+
+    d, lim = CalibrationOptions(), GateLimits()
+    p = sub.add_parser("calibrate", help="INT8 (Q/DQ) bundle from an FP32 bundle and calibration frames, written "
+                       "only if its masks agree with FP32's")
     p.add_argument("--bundle", required=True, help="FP32 bundle directory")
     p.add_argument("--frames", required=True, nargs="+", help="videos and/or frame folders to sample from")
-    p.add_argument("--num-frames", type=int, default=64, help="calibration frames, spread evenly (default 64)")
-    p.add_argument("--heldout", type=int, default=8, help="held-out frames for the accuracy report (default 8)")
+    p.add_argument("--masks", nargs="+", metavar="MASK",
+                   help="per --frames source, in order: its first frame's mask (PNG), a folder of per-frame "
+                   "annotations (ground truth: J&F is checked too), or '-' for none (a grid of stand-in objects)")
+    p.add_argument("--num-frames", type=int, default=d.num_frames,
+                   help=f"calibration frames, spread evenly (default {d.num_frames})")
+    p.add_argument("--heldout", type=int, default=d.heldout,
+                   help=f"held-out frames for the feature report and the sensitivity table (default {d.heldout})")
     p.add_argument("--output", "-o", required=True, help="new bundle directory")
-    p.add_argument("--method", choices=("entropy", "percentile", "minmax"), default="entropy")
-    p.add_argument("--percentile", type=float, default=99.999)
-    p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
-                   help="tensorrt: symmetric int8, float biases (runs on TensorRT and ONNX Runtime); "
-                        "cpu: uint8 activations for ONNX Runtime's CPU kernels only")
+    p.add_argument("--method", choices=METHODS, default=d.method)
+    p.add_argument("--percentile", type=float, default=d.percentile)
+    p.add_argument("--target", choices=TARGETS, default=d.target,
+                   help="tensorrt: symmetric int8, float biases, Q/DQ on op inputs (TensorRT's placement; ONNX "
+                        "Runtime runs it too); cpu: uint8 activations for ONNX Runtime's CPU kernels only")
     p.add_argument("--ops", help="quantise only these op types (comma list, e.g. Conv; 'all' for every op type) "
-                        "instead of measuring the default candidates")
-    p.add_argument("--exclude", default="", help="node names kept in float (comma list)")
-    p.add_argument("--min-cosine", type=float, default=0.99, help="held-out feature cosine needed (default 0.99)")
-    p.add_argument("--min-iou", type=float, default=0.9, help="held-out mask IoU vs FP32 needed (default 0.9)")
-    p.add_argument("--heldout-video", help="video or frame folder for the mask-agreement check")
-    p.add_argument("--heldout-mask", help="its first-frame mask")
-    p.add_argument("--heldout-max-frames", type=int, default=30)
-    p.add_argument("--sensitivity", type=int, default=12, metavar="N",
-                   help="per-layer sensitivity over N nodes spread through the graph (0: off, -1: all)")
-    p.add_argument("--trt-version", default="10.3.0", help="TensorRT version named in the legacy calibration cache")
-    p.add_argument("--seed", type=int, default=0, help="noise seed: use the one you track with (default 0)")
-    p.add_argument("--fresh-noise", action="store_true", help="new noise per frame (as --fresh-noise in track)")
-    p.add_argument("--threads", type=int, default=0)
+                        "instead of the default candidates")
+    p.add_argument("--exclude", default="", help="node names always kept in float (comma list)")
+    p.add_argument("--search", action=argparse.BooleanOptionalAction, default=d.search,
+                   help="search which nodes to keep in float, most sensitive first, until the masks pass "
+                   "(--no-search: every node of the op types in INT8)")
+    p.add_argument("--sensitivity-nodes", type=int, default=d.sensitivity_nodes, metavar="N",
+                   help="measure the sensitivity of N nodes spread through the graph, the rest ranked after them "
+                   "(default 0: all)")
+    p.add_argument("--proxy-frames", type=int, default=d.proxy_frames,
+                   help=f"frames of each calibration video the search tracks (default {d.proxy_frames})")
+    p.add_argument("--min-iou", type=float, default=lim.min_iou,
+                   help=f"mean mask IoU vs FP32 needed per held-out video (default {lim.min_iou}; on the calibration "
+                   "videos lowered to FP32's own agreement under --noise-level where that is lower)")
+    p.add_argument("--max-jf-drop", type=float, default=lim.max_jf_drop,
+                   help=f"J&F points (0-100) INT8 may lose against FP32 per video with ground truth "
+                   f"(default {lim.max_jf_drop})")
+    p.add_argument("--noise-level", type=float, default=lim.noise_level,
+                   help=f"grey levels of input noise defining the calibration videos' IoU noise floor (default "
+                   f"{lim.noise_level:g}; 0: --min-iou there too)")
+    p.add_argument("--heldout-video", action="append", default=[], metavar="VIDEO",
+                   help="video or frame folder for the mask gate (repeatable; default: the calibration videos, "
+                   "scored on their frames not used for calibration)")
+    p.add_argument("--heldout-mask", action="append", default=[], metavar="MASK",
+                   help="one per --heldout-video: its first mask (PNG) or its annotation folder (then J&F too)")
+    p.add_argument("--heldout-max-frames", type=int, default=d.heldout_max_frames,
+                   help="frames tracked per gate video (default 0: all)")
+    p.add_argument("--allow-failed", action="store_true",
+                   help="write the bundle even if the gate fails (marked failed: the runtime refuses it without "
+                   "--allow-failed-calibration)")
+    p.add_argument("--speed-runs", type=int, default=d.speed_runs,
+                   help=f"alternating CPU runs timing INT8 against FP32 (default {d.speed_runs}; 0: skip)")
+    p.add_argument("--trt-version", default=d.trt_version,
+                   help="TensorRT version named in the legacy calibration cache")
+    p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    add_options(p.add_argument_group("tracking in the mask gate (as diffvos track)"), PropagationConfig)
+    add_options(p.add_argument_group("noise (use the values you track with)"), SessionConfig)
     p.set_defaults(func=run_calibrate)
 
     p = sub.add_parser("fp16", help="FP16-typed copy of an FP32 bundle (float32 I/O)")
@@ -74,32 +107,39 @@ def _csv(text: str | None) -> tuple[str, ...]:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from diffvos.calibration.calibrate import CalibrationOptions, calibrate_bundle
+    from diffvos.calibration.calibrate import calibrate_bundle
+    from diffvos.calibration.options import CalibrationOptions, GateLimits
     from diffvos.calibration.quantize import QuantConfig
+    from diffvos.config import session_config_from_args
+    from diffvos.errors import InputError
     from diffvos.io.outputs import guard_outputs
 
     configs = None
     if args.ops:
         ops = None if args.ops.strip().lower() == "all" else _csv(args.ops)
         configs = [QuantConfig("user", ops, exclude=_csv(args.exclude), target=args.target)]
-    elif args.exclude:
-        from dataclasses import replace
-
-        from diffvos.calibration.quantize import candidate_configs
-
-        configs = [replace(c, exclude=_csv(args.exclude)) for c in candidate_configs(args.target)]
+    if len(args.heldout_video) != len(args.heldout_mask):
+        raise InputError(f"give one --heldout-mask per --heldout-video ({len(args.heldout_video)} video(s), "
+                         f"{len(args.heldout_mask)} mask(s))")
+    masks = None if args.masks is None else [None if m == "-" else m for m in args.masks]
+    for name in ("num_frames", "heldout", "proxy_frames"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     opts = CalibrationOptions(
         num_frames=args.num_frames, heldout=args.heldout, method=args.method, percentile=args.percentile,
-        target=args.target, configs=configs, min_cosine=args.min_cosine, min_iou=args.min_iou, seed=args.seed,
-        fresh_noise=args.fresh_noise, sensitivity=args.sensitivity != 0,
-        sensitivity_limit=max(args.sensitivity, 0), threads=args.threads, trt_version=args.trt_version,
-        heldout_video=args.heldout_video, heldout_mask=args.heldout_mask, heldout_max_frames=args.heldout_max_frames,
+        target=args.target, configs=configs, exclude=_csv(args.exclude), search=args.search,
+        sensitivity_nodes=max(args.sensitivity_nodes, 0), proxy_frames=args.proxy_frames,
+        limits=GateLimits(min_iou=args.min_iou, max_jf_drop=args.max_jf_drop, noise_level=max(args.noise_level, 0.0)),
+        session=session_config_from_args(args), masks=masks,
+        heldout_videos=list(zip(args.heldout_video, args.heldout_mask)), heldout_max_frames=args.heldout_max_frames,
+        speed_runs=max(args.speed_runs, 0), threads=args.threads, trt_version=args.trt_version,
+        allow_failed=args.allow_failed,
     )
-    inputs = {"--bundle": args.bundle, "--heldout-video": args.heldout_video, "--heldout-mask": args.heldout_mask,
-              **{f"--frames {f}": f for f in args.frames}}
+    inputs = {"--bundle": args.bundle, **{f"--heldout-video {v}": v for v in args.heldout_video},
+              **{f"--heldout-mask {m}": m for m in args.heldout_mask}, **{f"--frames {f}": f for f in args.frames}}
     with guard_outputs({"--output": args.output}, inputs, force=args.force, dirs=("--output",)):
         report = calibrate_bundle(args.bundle, args.frames, args.output, opts, force=args.force)
-    return 0 if report["passed"] else 3
+    return 0 if report.passed else 3
 
 
 def run_fp16(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from diffvos.bundle import TensorRTPlan, read_manifest, sha256_file, write_manifest
 from diffvos.bundle.sizes import HW, graph_profile
+from diffvos.calibration.qdq_check import check_tensorrt
+from diffvos.calibration.qdq_graph import load
 from diffvos.config import TRT_OPT_LEVEL, TRT_WORKSPACE_GB
 from diffvos.errors import BundleError, ExportError, InputError
 from diffvos.io.atomic import write_bytes_atomic
@@ -91,6 +93,12 @@ def build_bundle_engines(bundle: str | Path, *, graphs: list[str] | None = None,
         raise BundleError(f"bundle has no graph {', '.join(map(repr, unknown))} (it has "
                           f"{', '.join(manifest.graphs)})", bundle)
     profiles = {g: graph_profile(manifest, g, opt_hw, max_hw, opt_streams) for g in names}  # errors before any work
+    for g in names:  # a Q/DQ graph TensorRT would reject: say where, before any GPU work
+        if manifest.graphs[g].precision == "int8":
+            rules = check_tensorrt(load(bundle / manifest.graphs[g].file))
+            if rules.violations:
+                raise ExportError(f"graph '{g}' breaks TensorRT's Q/DQ rules ({len(rules.violations)} violations, e.g. "
+                                  f"{rules.violations[0]}); calibrate with --target tensorrt", bundle / manifest.graphs[g].file)
     trt = trt or import_trt()
     cuda = cuda or shared_cuda(device)
     gpu = cuda.device_facts(device)

@@ -6,10 +6,20 @@ to quantise by measurement costs one calibration pass, not one per candidate.
 
 Two targets:
 
-* ``tensorrt`` (default): symmetric int8 activations and weights (zero point 0) and float
-  biases: the Q/DQ pattern TensorRT's strongly typed networks accept; ONNX Runtime runs it too.
-* ``cpu``: uint8 activations, int8 weights, int32 biases: ONNX Runtime's fastest CPU kernels,
-  but not loadable as a TensorRT network.
+* ``tensorrt`` (default): symmetric int8 activations and weights (zero point 0), weights per
+  output channel (axis 0), float biases, and Q/DQ on the *inputs* of the quantised ops only
+  (``OpTypesToExcludeOutputQuantization``): TensorRT's recommended placement, the one NVIDIA's
+  ModelOpt emits. ONNX Runtime's default also quantises every op's output, which quantises each
+  activation twice with different scales (the study behind issue 14 measured the stem alone at
+  cosine 0.982 that way, 0.999 with inputs only). ONNX Runtime runs these graphs too (for the
+  accuracy checks), but slower than FP32 on its CPU provider: INT8 speed comes from TensorRT.
+* ``cpu``: uint8 activations, int8 weights, int32 biases, Q/DQ around inputs and outputs: the
+  pattern ONNX Runtime fuses into its CPU integer kernels; not loadable as a TensorRT network.
+
+Why not NVIDIA's ModelOpt (``nvidia-modelopt``): measured on MobileNetV2 it produces the same
+numbers as ``quantize_static`` with these options (it is that call underneath for INT8 Conv
+graphs, plus Q/DQ on residual Add inputs) while adding about 2 GB of dependencies (torch,
+onnxruntime-gpu, cupy); see README "Precision and TensorRT".
 """
 
 from __future__ import annotations
@@ -17,26 +27,33 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-METHODS = ("entropy", "percentile", "minmax")
-TARGETS = ("tensorrt", "cpu")
+from diffvos.calibration.options import METHODS, TARGETS
 
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """What to quantise and how. ``op_types=None`` means every op type ONNX Runtime can quantise."""
+    """What to quantise and how. ``op_types=None`` means every op type ONNX Runtime can quantise.
+
+    Every field is explicit per candidate: ``keep_first_last`` once defaulted to True, so a
+    candidate built without it silently kept the first and last conv float (issue 14)."""
 
     name: str = "conv"
     op_types: tuple[str, ...] | None = ("Conv",)
     exclude: tuple[str, ...] = ()  # node names kept in float
-    keep_first_last: bool = True  # keep the first and the last Conv in float
+    keep_first_last: bool = False  # also keep the first and the last Conv in float
     per_channel: bool = True
     target: str = "tensorrt"
+
+    @property
+    def placement(self) -> str:
+        """Where the Q/DQ pairs go: TensorRT's placement for tensorrt, ONNX Runtime's default for cpu."""
+        return "inputs" if self.target == "tensorrt" else "inputs+outputs"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -46,18 +63,21 @@ class QuantConfig:
             "keep_first_last_conv": self.keep_first_last,
             "per_channel": self.per_channel,
             "target": self.target,
+            "placement": self.placement,
         }
 
 
-def candidate_configs(target: str = "tensorrt") -> list[QuantConfig]:
-    """The configurations measured by default, most aggressive first. Quantising every op type
-    (``op_types=None``) is left out: measured on the tiny ADM it ran 0.66x FP32 at cosine 0.992,
-    on ADM-256 0.44x at cosine 0.81 (the Q/DQ pairs around every normalisation and activation cost
-    more than the integer kernels save); ask for it with ``--ops all``."""
+def candidate_configs(target: str = "tensorrt", exclude: Sequence[str] = ()) -> list[QuantConfig]:
+    """The op-type sets measured by default, most INT8 first (identical graphs are dropped by
+    :func:`distinct`: a graph without MatMul gives the same graph for both). Which nodes stay
+    float is left to the mixed-precision search, not to a fixed rule (keep-first-last kept the
+    wrong convs on MobileNetV2: its sensitive ones are the first two depthwise convs).
+    Quantising every op type (``--ops all``) is left out: measured on ADM-256 it ran 0.44x FP32
+    at cosine 0.81 (Q/DQ around every normalisation and activation)."""
+    exclude = tuple(exclude)
     return [
-        QuantConfig("conv+matmul", ("Conv", "MatMul"), target=target),
-        QuantConfig("conv", ("Conv",), keep_first_last=False, target=target),
-        QuantConfig("conv-keep-ends", ("Conv",), keep_first_last=True, target=target),
+        QuantConfig("conv+matmul", ("Conv", "MatMul"), exclude=exclude, keep_first_last=False, target=target),
+        QuantConfig("conv", ("Conv",), exclude=exclude, keep_first_last=False, target=target),
     ]
 
 
@@ -84,15 +104,6 @@ def _reader(input_name: str, arrays: Iterable[np.ndarray]):
             return None if x is None else {input_name: x}
 
     return _ArrayReader()
-
-
-def preprocess_graph(src: str | Path, dst: str | Path) -> Path:
-    """ONNX Runtime's recommended pre-pass (shape inference + graph clean-up) before quantising."""
-    from onnxruntime.quantization import quant_pre_process
-
-    with _quiet():
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-    return Path(dst)
 
 
 def calibrate_ranges(
@@ -175,11 +186,13 @@ def quantize_graph(
         convs = conv_nodes(onnx.load(str(model_path), load_external_data=False))
         exclude += [n for n in (convs[:1] + convs[-1:]) if n not in exclude]
     trt = config.target == "tensorrt"
-    extra = {
+    extra: dict[str, Any] = {
         "ActivationSymmetric": trt,
         "WeightSymmetric": True,
         "QuantizeBias": not trt,  # TensorRT dequantises int8 (not int32): keep biases float
     }
+    if trt:  # Q/DQ on the inputs of the quantised ops only (TensorRT's placement)
+        extra["OpTypesToExcludeOutputQuantization"] = list(config.op_types or _all_qdq_op_types())
     size = Path(model_path).stat().st_size
     with _quiet():
         quantize_static(
@@ -199,41 +212,35 @@ def quantize_graph(
     return Path(output_path)
 
 
-def graph_op_counts(model_path: str | Path) -> dict[str, int]:
-    """How many QuantizeLinear / DequantizeLinear nodes and float ops a graph holds."""
-    import onnx
+def _all_qdq_op_types() -> list[str]:
+    from onnxruntime.quantization.registry import QDQRegistry
 
-    counts: dict[str, int] = {}
-    for n in onnx.load(str(model_path), load_external_data=False).graph.node:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return counts
+    return sorted(QDQRegistry)
 
 
 @dataclass
 class Candidate:
+    """One quantised graph of a configuration, and what was measured on it."""
+
     config: QuantConfig
     path: Path
-    cosine: float
-    max_rel_error: float
-    ms: float | None = None
-    speedup: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    sha256: str
+    facts: dict[str, Any] = field(default_factory=dict)
+    same_as: str | None = None  # name of an earlier candidate with the identical graph
 
     def row(self) -> dict[str, Any]:
-        return {"name": self.config.name, "cosine": self.cosine, "max_rel_error": self.max_rel_error,
-                "ms": self.ms, "speedup_vs_fp32": self.speedup, **self.extra}
+        return {"name": self.config.name, **self.config.describe(), "graph_sha256": self.sha256,
+                "identical_to": self.same_as, **self.facts}
 
 
-def choose(candidates: list[Candidate], min_cosine: float) -> Candidate:
-    """The fastest candidate that keeps ``min_cosine`` (the most accurate if none does; the most
-    accurate passing one when no timings were taken)."""
-    passing = [c for c in candidates if c.cosine >= min_cosine]
-    if not passing:
-        return max(candidates, key=lambda c: c.cosine)
-    if all(c.ms is not None for c in passing):
-        return min(passing, key=lambda c: c.ms)
-    return max(passing, key=lambda c: c.cosine)
-
-
-def with_exclusions(config: QuantConfig, nodes: Sequence[str]) -> QuantConfig:
-    return replace(config, name=f"{config.name}-minus{len(nodes)}", exclude=tuple(config.exclude) + tuple(nodes))
+def distinct(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates whose graphs differ, in order; a repeat records which earlier one it equals."""
+    seen: dict[str, str] = {}
+    out = []
+    for c in candidates:
+        if c.sha256 in seen:
+            c.same_as = seen[c.sha256]
+        else:
+            seen[c.sha256] = c.config.name
+            out.append(c)
+    return out

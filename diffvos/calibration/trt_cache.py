@@ -13,9 +13,9 @@ from typing import Mapping
 
 import numpy as np
 
+from diffvos.calibration.options import DEFAULT_TRT_VERSION
 from diffvos.io.atomic import write_text_atomic
 
-DEFAULT_TRT_VERSION = "10.3.0"  # JetPack 6.x
 
 
 def trt_version_number(version: str) -> int:

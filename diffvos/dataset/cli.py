@@ -33,7 +33,8 @@ def run_track_dataset(args: argparse.Namespace) -> int:
     runtime = from_args(RuntimeConfig, args)
     summary = track_dataset(args.bundle, args.input, args.output, config=session_config_from_args(args),
                             backend=runtime.backend, threads=runtime.threads, ray_address=args.ray,
-                            workers=args.workers, force=args.force, progress=not args.no_progress)
+                            workers=args.workers, force=args.force, progress=not args.no_progress,
+                            allow_failed_calibration=runtime.allow_failed_calibration)
     for line in summary.lines():
         print(line)
     return 1 if summary.failed else 0

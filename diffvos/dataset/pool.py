@@ -24,12 +24,13 @@ class VideoTracker:
     """The actor: a runtime loaded once, then one video per call (made remote by :func:`run_pool`)."""
 
     def __init__(self, bundle: str, backend: str, threads: int, session: dict[str, Any], output: str,
-                 settings: dict[str, Any]) -> None:
+                 settings: dict[str, Any], allow_failed_calibration: bool = False) -> None:
         from diffvos.config import SessionConfig
         from diffvos.dataset.store import VideoStore
         from diffvos.runtime.session import Runtime
 
-        self.runtime = Runtime(bundle, backend=backend, threads=threads)
+        self.runtime = Runtime(bundle, backend=backend, threads=threads,
+                               allow_failed_calibration=allow_failed_calibration)
         self.config = SessionConfig.from_options(**session)
         self.store = VideoStore(output, settings)
 

@@ -66,7 +66,7 @@ def settings_of(bundle: str | Path, config: SessionConfig, kind: str) -> dict[st
 def track_dataset(bundle: str | Path, root: str | Path, output: str | Path, *, config: SessionConfig | None = None,
                   backend: str = "auto", threads: int = 0, ray_address: str | None = None, workers: int | None = None,
                   force: bool = False, progress: bool = True, max_attempts: int = MAX_ATTEMPTS,
-                  on_tick: Callable[[], None] | None = None) -> DatasetSummary:
+                  on_tick: Callable[[], None] | None = None, allow_failed_calibration: bool = False) -> DatasetSummary:
     """Track every video of ``root`` into ``output/<video>/``; ``ray_address``: None (in process),
     ``"local"`` (start a local Ray) or a cluster address."""
     config = config or SessionConfig()
@@ -102,10 +102,11 @@ def _track_dataset(dataset: Any, bundle: str | Path, output: str | Path, config:
 
     try:
         if todo and ray_address is None:
-            _in_process(bundle, todo, store, config, backend, threads, max_attempts, done)
+            _in_process(bundle, todo, store, config, backend, threads, max_attempts, done, allow_failed_calibration)
         elif todo:
             summary.where, summary.worker_losses = _on_ray(bundle, todo, output, store.settings, config, backend,
-                                                           ray_address, workers, max_attempts, done, on_tick)
+                                                           ray_address, workers, max_attempts, done, on_tick,
+                                                           allow_failed_calibration)
     finally:
         bar.close()
         if ray_address is not None:
@@ -114,11 +115,12 @@ def _track_dataset(dataset: Any, bundle: str | Path, output: str | Path, config:
     return summary
 
 
-def _in_process(bundle, videos: list[Video], store: VideoStore, config, backend, threads, max_attempts, done) -> None:
+def _in_process(bundle, videos: list[Video], store: VideoStore, config, backend, threads, max_attempts, done,
+                allow_failed_calibration: bool = False) -> None:
     from diffvos.dataset.track import track_one
     from diffvos.runtime.session import Runtime
 
-    with Runtime(bundle, backend=backend, threads=threads) as runtime:
+    with Runtime(bundle, backend=backend, threads=threads, allow_failed_calibration=allow_failed_calibration) as runtime:
         for video in videos:
             for attempt in range(1, max_attempts + 1):
                 try:
@@ -132,7 +134,7 @@ def _in_process(bundle, videos: list[Video], store: VideoStore, config, backend,
 
 
 def _on_ray(bundle, videos, output, settings, config, backend, address, workers, max_attempts, done,
-            on_tick) -> tuple[str, int]:
+            on_tick, allow_failed_calibration: bool = False) -> tuple[str, int]:
     import shutil
     import tempfile
 
@@ -160,7 +162,7 @@ def _on_ray(bundle, videos, output, settings, config, backend, address, workers,
         slots = gpus if gpus else int(resources.get("CPU", 1))
         actors = max(1, min(workers or slots, slots, len(videos)))
         args = (str(Path(bundle).absolute()), backend, 1 if not gpus else 0, _options(config),
-                str(Path(output).absolute()), settings)
+                str(Path(output).absolute()), settings, allow_failed_calibration)
         pool = run_pool(videos, args, actors=actors, gpus_per_actor=1 if gpus else 0, cpus_per_actor=0 if gpus else 1,
                         max_attempts=max_attempts, on_done=done, on_tick=on_tick)
         where = f"on Ray ({actors} actors, {'1 GPU' if gpus else '1 CPU'} each)"

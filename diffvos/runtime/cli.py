@@ -45,7 +45,8 @@ def open_runtime(bundle, args: argparse.Namespace):
     from diffvos.runtime.session import Runtime
 
     config = from_args(RuntimeConfig, args)
-    runtime = Runtime(bundle, backend=config.backend, threads=config.threads)
+    runtime = Runtime(bundle, backend=config.backend, threads=config.threads,
+                      allow_failed_calibration=config.allow_failed_calibration)
     for note in runtime.notes:
         print(note, file=sys.stderr)
     return runtime

@@ -29,6 +29,7 @@ import numpy as np
 from diffvos.bundle import FEATURES_GRAPH, read_manifest
 from diffvos.config import MAX_FRAME_SIDE, RuntimeConfig, SessionConfig
 from diffvos.errors import (
+    BundleError,
     BusyError,
     ClosedError,
     InputError,
@@ -91,17 +92,27 @@ class Runtime:
     """One loaded bundle: its engines, shared by every session made from it.
 
     ``loaders`` (graph name -> lazy loader) replaces the loaders ``backend`` would choose, for
-    callers that build engines their own way.
+    callers that build engines their own way. An INT8 bundle whose calibration failed its
+    accuracy gate is refused (BundleError naming the failed limits) unless
+    ``allow_failed_calibration``.
     """
 
     def __init__(self, bundle: str | Path, backend: str = "auto", threads: int = 0, verify_files: bool = True,
-                 *, loaders: Mapping[str, Loader] | None = None, thread_plan: ThreadPlan | None = None) -> None:
+                 *, loaders: Mapping[str, Loader] | None = None, thread_plan: ThreadPlan | None = None,
+                 allow_failed_calibration: bool = False) -> None:
         if not isinstance(bundle, (str, Path)):
             raise InputError(f"bundle must be a path, not {type(bundle).__name__}")
-        self.config = RuntimeConfig(backend=backend, threads=threads, verify_files=verify_files)
+        self.config = RuntimeConfig(backend=backend, threads=threads, verify_files=verify_files,
+                                    allow_failed_calibration=allow_failed_calibration)
         self.thread_plan = thread_plan or plan_threads(self.config.threads)  # BLAS threads of every step
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle, verify_files=verify_files)
+        calibration = self.manifest.calibration
+        if calibration is not None and not calibration.passed and not allow_failed_calibration:
+            raise BundleError(
+                "this INT8 bundle failed its calibration gate: " + "; ".join(calibration.failed_limits())
+                + ". Calibrate again (diffvos calibrate) or load it anyway with allow_failed_calibration=True "
+                "(--allow-failed-calibration)", self.bundle)
         loaders = loaders or loaders_for(self.bundle, self.manifest, self.config)
         self.engines: dict[str, Engine] = {name: load() for name, load in loaders.items()}
         self.closed = False

@@ -186,6 +186,7 @@ def install(ffi: Any) -> None:
         _out(o, "diffvos_runtime_options_init")
         d = RuntimeConfig()
         o.backend, o.threads, o.verify_files = _static_str(ffi, d.backend), d.threads, int(d.verify_files)
+        o.allow_failed_calibration = int(d.allow_failed_calibration)
         return 0
 
     @extern
@@ -208,7 +209,8 @@ def install(ffi: Any) -> None:
         d = RuntimeConfig()
         kwargs = {} if options == ffi.NULL else {
             "backend": _text(options.backend, d.backend), "threads": int(options.threads),
-            "verify_files": bool(options.verify_files)}
+            "verify_files": bool(options.verify_files),
+            "allow_failed_calibration": bool(options.allow_failed_calibration)}
         out[0] = _register(ffi, Runtime(_text(bundle, ""), **kwargs), "diffvos_runtime *")
         return 0
 

@@ -58,7 +58,8 @@
 extern "C" {
 #endif
 
-#define DIFFVOS_API_VERSION 1
+/* 2: diffvos_runtime_options gained allow_failed_calibration */
+#define DIFFVOS_API_VERSION 2
 
 #ifndef DIFFVOS_API
 #if defined(__GNUC__)
@@ -102,6 +103,7 @@ typedef struct diffvos_runtime_options {
     const char *backend;  /* "auto" (or NULL), "tensorrt", "cuda", "cpu", or "trt" (native TensorRT) (default auto) */
     int32_t threads;      /* ONNX Runtime intra-op threads, 0 = its default (default 0) */
     int32_t verify_files; /* nonzero: check every graph's sha256 on load (default 1) */
+    int32_t allow_failed_calibration; /* nonzero: load an INT8 bundle that failed its calibration gate (default 0) */
 } diffvos_runtime_options;
 
 typedef struct diffvos_session_options {
