@@ -121,10 +121,13 @@ def test_random_settings_match_numpy(graphs, radius, topk, block, memory, classe
         if mag == "adaptive":
             assert graph.last_threshold == pytest.approx(ref.last_threshold, rel=1e-6)
     assert len(graph.bank) == len(ref.bank)
-    # the device bank is the numpy bank, slot by slot (the same ring rule)
-    np.testing.assert_allclose(np.asarray(graph.bank.features).astype(np.float32),
-                               ref.bank.features.astype(np.float32), atol=1e-3 if dtype == "float16" else 1e-6)
-    np.testing.assert_allclose(np.asarray(graph.bank.masks), ref.bank.masks, atol=2e-6)
+    # the device bank is the numpy bank, slot by slot (the same ring rule; unfilled slots are
+    # uninitialised device memory)
+    used = ref.bank.context_slots()
+    np.testing.assert_array_equal(used, graph.bank.context_slots())
+    np.testing.assert_allclose(np.asarray(graph.bank.features)[used].astype(np.float32),
+                               ref.bank.features[used].astype(np.float32), atol=1e-3 if dtype == "float16" else 1e-6)
+    np.testing.assert_allclose(np.asarray(graph.bank.masks)[used], ref.bank.masks[used], atol=2e-6)
 
 
 def test_a_full_ring_reads_the_slot_before_it_is_replaced(graphs):
@@ -140,6 +143,27 @@ def test_a_full_ring_reads_the_slot_before_it_is_replaced(graphs):
     graph.start(frames[0], onehot)
     for f in frames[1:]:
         np.testing.assert_allclose(graph.step(f), ref.step(f), atol=2e-6)
+
+
+def test_memory_filled_with_copies_of_the_first_frame(graphs):
+    """``bank.repeat_first`` (the pipeline benchmark's prefill) copies on the device exactly what
+    the host bank holds, slot by slot; the filled memory propagates the first mask onto the first
+    frame. (The kernels are not compared step by step here: copies tie exactly at the k-th value,
+    where numpy keeps every tie and the graph exactly k, the documented deviation.)"""
+    rng = np.random.default_rng(5)
+    frames = rng.standard_normal((2, 8, 6, 7)).astype(np.float32)
+    first = rng.integers(0, 3, (6, 7))
+    cfg = PropagationConfig(topk=4, radius=2, memory=3, feature_dtype="float16", mag_filter="off", tile=3)
+    ref, graph = Propagator(8, 6, 7, 3, cfg), _graph(graphs, cfg, 6, 7, 8, 3)
+    for p in (ref, graph):
+        p.start(frames[0], _onehot(first, 3))
+        p.step(frames[1])  # before the copies: no ties
+        p.bank.repeat_first(4)  # wraps the ring of 3
+    assert len(ref.bank) == len(graph.bank) == 4
+    assert ref.bank.ring.target == graph.bank.ring.target == 3
+    np.testing.assert_array_equal(graph.bank.features.numpy(), ref.bank.features)
+    np.testing.assert_allclose(graph.bank.masks.numpy(), ref.bank.masks, atol=2e-6)
+    np.testing.assert_array_equal(graph.predict(frames[0]).argmax(axis=0), first)
 
 
 def test_objects_added_and_removed_mid_video(graphs):

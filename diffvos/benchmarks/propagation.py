@@ -1,7 +1,7 @@
 """One propagation step at the published setting: the propagation graph (the device step, here on
 ONNX Runtime's CPU provider) against the numpy kernel, in the same process, alternating.
 
-    python -m diffvos.benchmarks.propagation [--runs 5] [--threads 0] [--davis DIR] [--mag 12]
+    diffvos bench propagation [--runs 5] [--threads 0] [--davis DIR] [--mag 12]
         [--dense] [--tiles 6,8,12,16]
 
 Published setting: 60x104 features (480x832 input, stride 8), C=512, first frame + 28 memory
@@ -111,19 +111,27 @@ def random_features(n: int, channels: int, grid: tuple[int, int], seed: int = 0)
 # --- graph vs numpy -------------------------------------------------------------------------------------
 def compare_kernels(feats: np.ndarray, masks: np.ndarray, cfg: PropagationConfig, runs: int, threads: int,
                     numpy_too: bool = True) -> dict:
-    """Fill both kernels with frames 0..memory, then time ``runs`` + 1 steps of each, alternating."""
+    """Fill both kernels with frames 0..memory, then time ``runs`` + 1 steps of each, alternating.
+
+    Both go through ``step_to_labels``, what ``Session.step`` calls: the numpy kernel's step then
+    the host label map (two stages), the graph's one run making the label map on the device. The
+    graph's query is uploaded before its step (a session's feature graph leaves it there), so the
+    bytes counted per step are what a session moves for propagation; the soft mask is asked for
+    too (``probs``, for the comparison) and its bytes are reported apart."""
     from diffvos.runtime.device_step import GraphPropagator
     from diffvos.runtime.graph_engines import GraphEngines
-    from diffvos.runtime.postprocess import soft_to_labels
+    from diffvos.runtime.postprocess import LabelSpec
     from diffvos.runtime.propagation_graph import GraphSpec, propagation_model, scored_pairs
     from diffvos.runtime.threads import plan_threads
 
     n, c, h, w = feats.shape
     plan = plan_threads(threads)
+    labels_spec = LabelSpec(8, (h * 8, w * 8))
     t0 = time.perf_counter()
     graphs = GraphEngines("cpu", plan)
-    spec = GraphSpec.for_config(cfg, h, w, c)
-    graph = GraphPropagator(graphs, spec, 3, graphs.device_io())
+    io = graphs.device_io()
+    spec = GraphSpec.for_config(cfg, h, w, c, labels=labels_spec)
+    graph = GraphPropagator(graphs, spec, 3, io, OUT_HW)
     build_s = time.perf_counter() - t0
     ref = Propagator(c, h, w, 3, cfg) if numpy_too else None
     for p in filter(None, (graph, ref)):
@@ -131,28 +139,37 @@ def compare_kernels(feats: np.ndarray, masks: np.ndarray, cfg: PropagationConfig
         for i in range(1, cfg.memory + 1):
             p.push(feats[i], masks[i]) if p is graph else p.bank.push(feats[i], masks[i])
     queries = feats[cfg.memory + 1:][: runs + 1]
-    rows: dict[str, list[tuple[float, float]]] = {"graph": [], "numpy": []}
-    diffs, labels = [], []
+    lut = np.arange(256, dtype=np.uint8)
+    rows: dict[str, list[tuple[float, float, float, float]]] = {"graph": [], "numpy": []}
+    diffs, labels, moved = [], [], []
     for q in queries:
+        on_device = io.upload(q)  # where the feature graph leaves it
+        soft, out = np.empty((3, h, w), np.float32), np.empty(OUT_HW, np.uint8)
+        io.reset_counts()
         t, c0 = time.perf_counter(), time.process_time()
-        soft = graph.step(q)
-        rows["graph"].append((time.perf_counter() - t, time.process_time() - c0))
+        stages = graph.step_to_labels(on_device, labels_spec, lut, out, soft)
+        rows["graph"].append((time.perf_counter() - t, time.process_time() - c0, *stages))
+        moved.append((io.up, io.down - soft.nbytes))
         if ref is not None:
+            want, out_ref = np.empty_like(soft), np.empty_like(out)
             with plan.blas():
                 t, c0 = time.perf_counter(), time.process_time()
-                want = ref.step(q)
-                rows["numpy"].append((time.perf_counter() - t, time.process_time() - c0))
+                stages = ref.step_to_labels(q, labels_spec, lut, out_ref, want)
+                rows["numpy"].append((time.perf_counter() - t, time.process_time() - c0, *stages))
             diffs.append(float(np.abs(soft - want).max()))
-            labels.append(int((soft_to_labels(soft, 8, OUT_HW) != soft_to_labels(want, 8, OUT_HW)).sum()))
+            labels.append(int((out != out_ref).sum()))
     flop = 2 * c * (cfg.memory + 1) * scored_pairs(spec)
-    out = {"build_s": build_s, "flop": flop, "diffs": diffs, "labels": labels, "plan": plan,
-           "nodes": len(propagation_model(spec).graph.node), "bank_mib": graph.bank.nbytes / 2**20}
+    out_d = {"build_s": build_s, "flop": flop, "diffs": diffs, "labels": labels, "plan": plan, "moved": moved[1:],
+             "soft_bytes": 3 * h * w * 4, "query_bytes": c * h * w * 4,
+             "nodes": len(propagation_model(spec).graph.node), "bank_mib": graph.bank.nbytes / 2**20,
+             "scratch_mib": graph.scratch_nbytes / 2**20}
     for kernel, values in rows.items():
         if len(values) > 1:
-            wall, cpu = zip(*values[1:])  # the first step warms up
-            out[kernel] = {"median": statistics.median(wall), "min": min(wall), "max": max(wall),
-                           "cpu": statistics.median(cpu), "n": len(wall)}
-    return out
+            wall, cpu, prop_ms, post_ms = zip(*values[1:])  # the first step warms up
+            out_d[kernel] = {"median": statistics.median(wall), "min": min(wall), "max": max(wall),
+                             "cpu": statistics.median(cpu), "n": len(wall), "runs": list(wall),
+                             "propagate_ms": statistics.median(prop_ms), "postprocess_ms": statistics.median(post_ms)}
+    return out_d
 
 
 def print_comparison(result: dict, label: str) -> None:
@@ -160,12 +177,24 @@ def print_comparison(result: dict, label: str) -> None:
     plan = result["plan"]
     print(f"\n{label}: ONNX Runtime intra-op threads {plan.intra_op}, BLAS threads {plan.blas_threads}, spinning "
           f"{'on' if plan.spinning else 'off'}; graph ({result['nodes']} nodes) built in {result['build_s']:.2f} s; bank "
-          f"{result['bank_mib']:.0f} MiB; load average {load_average()}")
-    print(f"{'kernel':8s} {'median s':>9s} {'min':>7s} {'max':>7s} {'CPU s':>7s} {'GFLOP/s':>8s}  (n)")
+          f"{result['bank_mib']:.0f} MiB + scratch {result['scratch_mib']:.1f} MiB (device memory of the graph "
+          f"kernel's state); load average {load_average()}")
+    print(f"{'kernel':8s} {'median s':>9s} {'min':>7s} {'max':>7s} {'CPU s':>7s} {'GFLOP/s':>8s} "
+          f"{'propagate ms':>13s} {'labels ms':>10s}  (n)")
     for name, r in (("graph", g), ("numpy", npk)):
         if r:
             print(f"{name:8s} {r['median']:9.3f} {r['min']:7.3f} {r['max']:7.3f} {r['cpu']:7.3f} "
-                  f"{result['flop'] / r['median'] / 1e9:8.0f}  ({r['n']})")
+                  f"{result['flop'] / r['median'] / 1e9:8.0f} {r['propagate_ms']:13.0f} {r['postprocess_ms']:10.0f}"
+                  f"  ({r['n']})")
+    if g:
+        print(f"graph runs (s): {['%.3f' % v for v in g['runs']]}; the label map is made in the same run "
+              f"(labels ms 0)")
+        ups = sorted({u for u, _ in result["moved"]})
+        downs = sorted({d for _, d in result["moved"]})
+        print(f"host<->device bytes per propagation step (steady state): up {ups}, down {downs} (the uint8 "
+              f"{OUT_HW[0]}x{OUT_HW[1]} label map); the soft mask asked for this comparison adds "
+              f"{result['soft_bytes']} down; on the numpy kernel the feature map ({result['query_bytes']} bytes) "
+              f"would come down from a GPU first")
     if g and npk:
         print(f"numpy / graph: {npk['median'] / g['median']:.2f}x wall, {npk['cpu'] / g['cpu']:.2f}x CPU; "
               f"max |graph - numpy| per step {['%.1e' % d for d in result['diffs']]}; label pixels differing "
@@ -250,21 +279,15 @@ def dense_section(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from diffvos.evaluation.benchmarks import add_propagation_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5, help="timed steps per kernel (after one warm-up step)")
-    ap.add_argument("--threads", type=int, nargs="+", default=[0], help="--threads values to run (0: the runtime's "
-                    "choice); e.g. 1 2")
-    ap.add_argument("--davis", type=Path, help="DAVIS-2016 root: real frames instead of Gaussian features")
-    ap.add_argument("--sequence", default="breakdance-flare")
-    ap.add_argument("--mag", default="12", help="MAG-Filter: off, adaptive or a radius")
-    ap.add_argument("--feature-dtype", default="float16", choices=("float16", "float32"))
-    ap.add_argument("--size", default="60x104", help="feature grid HxW")
-    ap.add_argument("--channels", type=int, default=512)
-    ap.add_argument("--graph-only", action="store_true", help="time the graph alone")
-    ap.add_argument("--dense", action="store_true", help="also the numpy kernel against the dense formula")
-    ap.add_argument("--dense-chunk", type=int, default=520, help="queries per dense chunk at full size")
-    ap.add_argument("--tiles", default="", help="comma-separated numpy tile sides to sweep (e.g. 6,8,12,16)")
-    args = ap.parse_args(argv)
+    add_propagation_arguments(ap)
+    run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """``diffvos bench propagation``."""
     h, w = (int(v) for v in args.size.split("x"))
     cfg = PropagationConfig(mag_filter=args.mag, feature_dtype=args.feature_dtype)
     n = cfg.memory + 1 + args.runs + 1

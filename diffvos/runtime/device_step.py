@@ -63,6 +63,17 @@ class DeviceBank:
     def nbytes(self) -> int:
         return self.features.nbytes + self.masks.nbytes
 
+    def repeat_first(self, n: int) -> None:
+        """Push ``n`` copies of the first frame's entry, copied on the device (as
+        ``MemoryBank.repeat_first``)."""
+        if not self.ring.has_first:
+            raise InputError("memory bank: repeat_first() before the first frame")
+        for _ in range(n if self.capacity else 0):
+            slot = self.ring.target
+            self.io.copy(self.features[slot], self.features[0])
+            self.io.copy(self.masks[slot], self.masks[0])
+            self.ring.advance()
+
     def set_masks(self, masks: np.ndarray) -> None:
         """Replace every slot's mask (a new channel count: objects added or removed)."""
         self.masks = self.io.upload(np.ascontiguousarray(masks, np.float32))

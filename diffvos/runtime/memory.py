@@ -175,6 +175,11 @@ class MemoryBank:
         """Slot indices of the context frames: first frame, then the ring oldest to newest."""
         return self.ring.context_slots()
 
+    def repeat_first(self, n: int) -> None:
+        """Push ``n`` copies of the first frame's entry (benchmarks: a full memory from one frame)."""
+        for _ in range(n):
+            self.push(self.features[0].copy(), np.moveaxis(self.masks[0], -1, 0).copy(), normalised_hwc=True)
+
     def add_objects(self, n: int = 1) -> None:
         """Append ``n`` object channels (rare: an object appears mid-video).
 
