@@ -2,7 +2,7 @@
 ONNX Runtime's CPU provider) against the numpy kernel, in the same process, alternating.
 
     diffvos bench propagation [--runs 5] [--threads 0] [--davis DIR] [--mag 12]
-        [--dense] [--tiles 6,8,12,16]
+        [--dense] [--tiles 6,8,12,16] [--session BUNDLE]
 
 Published setting: 60x104 features (480x832 input, stride 8), C=512, first frame + 28 memory
 frames (all filled before timing), r=15, k=15, T=0.2, MAG-Filter 12 cells (the runtime default),
@@ -15,7 +15,9 @@ structure; TopK's cost depends on the data), else Gaussian features. Threads fol
 policy (``--threads``, :mod:`diffvos.runtime.threads`): ONNX Runtime intra-op threads for the
 graph, BLAS threads for numpy. ``--dense``: the windowed numpy kernel against the literal dense
 formula (equality at a size where the dense matrix fits, time at full size); ``--tiles``: the
-numpy kernel's tile sweep. Figures are printed, never asserted.
+numpy kernel's tile sweep. ``--session BUNDLE``: instead, the whole step through ``Session.step``
+with both kernels on one runtime (per-stage ms from ``Session.timings``, host<->device bytes per
+frame of the graph kernel, label pixels that differ). Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -286,8 +288,64 @@ def main(argv: list[str] | None = None) -> None:
     run(ap.parse_args(argv))
 
 
+# --- the whole step through Session.step, both kernels ----------------------------------------------------
+SESSION_STAGES = ("preprocess_ms", "vae_ms", "features_ms", "propagate_ms", "postprocess_ms", "total_ms")
+
+
+def session_stages(bundle: Path, frames: list[np.ndarray], mask: np.ndarray, threads: int) -> dict:
+    """Per-stage ms (``Session.timings``) and host<->device bytes per frame of ``Session.step`` for
+    each kernel, on one runtime: both sessions start on frames[0], their memories are filled with
+    copies of the first frame (``bank.repeat_first``, as ``bench pipeline``), then they step
+    alternately over frames[1:] (the first of those warms up)."""
+    import diffvos
+
+    runtime = diffvos.Runtime(bundle, backend="cpu", threads=threads)
+    h, w = frames[0].shape[:2]
+    sessions = {k: runtime.session(w, h, propagation_kernel=k) for k in ("graph", "numpy")}
+    for s in sessions.values():
+        s.step(frames[0], mask=mask)
+        s.propagator.bank.repeat_first(s.config.propagation.memory)
+    rows: dict[str, list[dict[str, float]]] = {k: [] for k in sessions}
+    moved: list[tuple[int, int]] = []
+    differ = []
+    for f in frames[1:]:
+        out = {}
+        for kernel, s in sessions.items():
+            if s.device is not None:
+                s.device.reset_counts()
+            out[kernel] = s.step(f)
+            rows[kernel].append(dict(s.timings))
+            if kernel == "graph" and s.device is not None:
+                moved.append((s.device.up, s.device.down))
+        differ.append(int((out["graph"] != out["numpy"]).sum()))
+    result = {"provider": runtime.provider, "frame_hw": (h, w), "moved": moved[1:], "differ": differ,
+              "kinds": {k: type(s.propagator).__name__ for k, s in sessions.items()},
+              "bank_mib": {k: s.propagator.bank.nbytes / 2**20 for k, s in sessions.items()}}
+    for kernel, timings in rows.items():
+        result[kernel] = {st: statistics.median(t.get(st, 0.0) for t in timings[1:]) for st in SESSION_STAGES}
+    runtime.close()
+    return result
+
+
+def print_session(result: dict, label: str) -> None:
+    h, w = result["frame_hw"]
+    print(f"\n{label}: Session.step on {h}x{w} frames, {result['provider']}, memory filled (29 context frames); "
+          f"load average {load_average()}")
+    print(f"{'kernel':8s} " + " ".join(f"{st[:-3]:>12s}" for st in SESSION_STAGES) + "  (median ms)")
+    for kernel in ("graph", "numpy"):
+        r = result[kernel]
+        print(f"{kernel:8s} " + " ".join(f"{r[st]:12.0f}" for st in SESSION_STAGES)
+              + f"  [{result['kinds'][kernel]}, bank {result['bank_mib'][kernel]:.0f} MiB]")
+    ups, downs = sorted({u for u, _ in result["moved"]}), sorted({d for _, d in result["moved"]})
+    print(f"graph kernel, host<->device bytes per frame (steady state): up {ups} (the uint8 frame at the model "
+          f"input size is {h * w * 3} at the frame size), down {downs} (uint8 labels: {h * w})")
+    print(f"label pixels differing graph vs numpy per frame: {result['differ']}")
+
+
 def run(args: argparse.Namespace) -> None:
     """``diffvos bench propagation``."""
+    if args.session is not None:
+        return run_session(args)
     h, w = (int(v) for v in args.size.split("x"))
     cfg = PropagationConfig(mag_filter=args.mag, feature_dtype=args.feature_dtype)
     n = cfg.memory + 1 + args.runs + 1
@@ -312,6 +370,26 @@ def run(args: argparse.Namespace) -> None:
         dense_section(args)
     cur, hwm = rss_mb()
     print(f"process RSS now {cur:.0f} MiB, peak {hwm:.0f} MiB")
+
+
+def run_session(args: argparse.Namespace) -> None:
+    """``--session BUNDLE``: the whole step through ``Session.step`` on DAVIS frames (or the demo clip)."""
+    from diffvos.io.frames import open_frames
+    from diffvos.io.masks import read_mask
+
+    if args.davis is not None:
+        root = args.davis / "JPEGImages" / "480p" / args.sequence
+        mask_path = args.davis / "Annotations" / "480p" / args.sequence / "00000.png"
+    else:
+        import tempfile
+
+        from diffvos.sample_clip import make_clip
+
+        root, mask_path = make_clip(Path(tempfile.mkdtemp()) / "clip", frames=args.runs + 2)
+    frames = [f.bgr for f in open_frames(root).select(range(args.runs + 2))]
+    mask = read_mask(mask_path).labels
+    for threads in args.threads:
+        print_session(session_stages(args.session, frames, mask, threads), f"--threads {threads}")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,8 @@ def add_propagation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense", action="store_true", help="also the numpy kernel against the dense formula")
     p.add_argument("--dense-chunk", type=int, default=520, help="queries per dense chunk at full size")
     p.add_argument("--tiles", default="", help="comma-separated numpy tile sides to sweep (e.g. 6,8,12,16)")
+    p.add_argument("--session", type=Path, metavar="BUNDLE", help="instead: the whole step through Session.step "
+                   "with this bundle, both kernels, per-stage ms and bytes per frame (DAVIS frames with --davis)")
 
 
 def register(kinds: Subcommands) -> None:

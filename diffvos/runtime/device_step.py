@@ -34,12 +34,12 @@ import numpy as np
 from diffvos.errors import InputError
 from diffvos.runtime.device import DeviceIO, DeviceTensor
 from diffvos.runtime.graph_engines import GraphEngines
-from diffvos.runtime.memory import RingIndex, drop_mask_channel, grow_mask_channels
+from diffvos.runtime.memory import RingBank, RingIndex, drop_mask_channel, grow_mask_channels
 from diffvos.runtime.postprocess import LabelSpec, nearest_indices
 from diffvos.runtime.propagation_graph import GraphSpec
 
 
-class DeviceBank:
+class DeviceBank(RingBank):
     """First frame + ring in device memory (the layout of :class:`~diffvos.runtime.memory.MemoryBank`)."""
 
     def __init__(self, io: DeviceIO, spec: GraphSpec, num_classes: int) -> None:
@@ -47,21 +47,6 @@ class DeviceBank:
         self.features = io.empty((spec.capacity + 1, spec.h, spec.w, spec.bank_channels), spec.bank_dtype)
         self.masks = io.empty((spec.capacity + 1, spec.h, spec.w, num_classes), np.float32)
         self.ring = RingIndex(spec.capacity)
-
-    def __len__(self) -> int:
-        return len(self.ring)
-
-    def context_slots(self) -> np.ndarray:
-        """Slot indices of the context frames: first frame, then the ring oldest to newest."""
-        return self.ring.context_slots()
-
-    @property
-    def num_classes(self) -> int:
-        return self.masks.shape[-1]
-
-    @property
-    def nbytes(self) -> int:
-        return self.features.nbytes + self.masks.nbytes
 
     def repeat_first(self, n: int) -> None:
         """Push ``n`` copies of the first frame's entry, copied on the device (as

@@ -31,11 +31,13 @@ class InputSpec:
     height: int
     width: int
     channels: int = 3
+    # the bundle's normalisation (diffvos.runtime.preprocess): x * scale + offset, then (x - mean) / std
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     flip: bool = False
     scale: float = 1.0
     offset: float = 0.0
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    # the noise stage: E draws, sqrt(ᾱ) x_0 + sqrt(1 - ᾱ) noise
     ensemble: int = 0
     alpha_bar: float = 1.0
 
@@ -44,8 +46,8 @@ class InputSpec:
               alpha_bar: float = 1.0) -> InputSpec:
         mean = tuple(float(v) for v in p.mean) if p.mean is not None and p.std is not None else None
         std = tuple(float(v) for v in p.std) if mean is not None else None
-        return cls("frame", size_hw[0], size_hw[1], 3, p.color != color, float(p.scale), float(p.offset), mean, std,
-                   ensemble, alpha_bar)
+        return cls("frame", size_hw[0], size_hw[1], 3, mean=mean, std=std, flip=p.color != color,
+                   scale=float(p.scale), offset=float(p.offset), ensemble=ensemble, alpha_bar=alpha_bar)
 
     def __post_init__(self) -> None:
         if self.source not in ("frame", "latent") or (self.source == "latent" and self.ensemble < 1):

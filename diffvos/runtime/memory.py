@@ -12,6 +12,8 @@ Slot 0 is the first frame; slots ``1..capacity`` form the ring.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from diffvos.errors import InputError
@@ -92,7 +94,34 @@ def drop_mask_channel(masks: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.delete(masks, k, axis=-1))
 
 
-class MemoryBank:
+class RingBank:
+    """What a memory bank answers from its ``ring`` (:class:`RingIndex`) and its two arrays,
+    ``features`` (N+1, h, w, C) and ``masks`` (N+1, h, w, K+1): host arrays in
+    :class:`MemoryBank`, device tensors in :class:`~diffvos.runtime.device_step.DeviceBank`."""
+
+    ring: RingIndex
+    features: Any
+    masks: Any
+
+    def __len__(self) -> int:
+        """Context frames held: the first frame (if set) plus the ring's frames."""
+        return len(self.ring)
+
+    def context_slots(self) -> np.ndarray:
+        """Slot indices of the context frames: first frame, then the ring oldest to newest."""
+        return self.ring.context_slots()
+
+    @property
+    def num_classes(self) -> int:
+        """Mask channels, background included (K+1)."""
+        return self.masks.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.nbytes + self.masks.nbytes
+
+
+class MemoryBank(RingBank):
     """First frame + ring of the last ``capacity`` frames, preallocated."""
 
     def __init__(
@@ -116,22 +145,9 @@ class MemoryBank:
         self.masks = np.zeros((capacity + 1, h, w, num_classes), np.float32)
         self.reset()
 
-    @property
-    def num_classes(self) -> int:
-        """Mask channels, background included (K+1)."""
-        return self.masks.shape[-1]
-
-    @property
-    def nbytes(self) -> int:
-        return self.features.nbytes + self.masks.nbytes
-
     def reset(self) -> None:
         """Forget everything (the arrays are kept)."""
         self.ring = RingIndex(self.capacity)
-
-    def __len__(self) -> int:
-        """Context frames held: the first frame (if set) plus the ring's frames."""
-        return len(self.ring)
 
     def _check(self, features: np.ndarray, mask: np.ndarray) -> None:
         want_f = (self.channels, self.h, self.w)
@@ -170,10 +186,6 @@ class MemoryBank:
                 raise InputError(f"memory bank: features {features.shape} / mask {mask.shape} do not fit")
         self._write(self.ring.target, features, mask, normalised_hwc)
         self.ring.advance()
-
-    def context_slots(self) -> np.ndarray:
-        """Slot indices of the context frames: first frame, then the ring oldest to newest."""
-        return self.ring.context_slots()
 
     def repeat_first(self, n: int) -> None:
         """Push ``n`` copies of the first frame's entry (benchmarks: a full memory from one frame)."""
