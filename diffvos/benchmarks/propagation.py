@@ -294,9 +294,10 @@ SESSION_STAGES = ("preprocess_ms", "vae_ms", "features_ms", "propagate_ms", "pos
 
 def session_stages(bundle: Path, frames: list[np.ndarray], mask: np.ndarray, threads: int) -> dict:
     """Per-stage ms (``Session.timings``) and host<->device bytes per frame of ``Session.step`` for
-    each kernel, on one runtime: both sessions start on frames[0], their memories are filled with
-    copies of the first frame (``bank.repeat_first``, as ``bench pipeline``), then they step
-    alternately over frames[1:] (the first of those warms up)."""
+    each kernel, on one runtime: both sessions start on frames[0] and step alternately over
+    frames[1:]; the first ``memory`` + 1 steps fill the memory and warm up, the rest are timed.
+    (Not filled with copies of the first frame: copies tie exactly at the k-th candidate, where
+    the kernels differ by design, which would show as label differences real video does not have.)"""
     import diffvos
 
     runtime = diffvos.Runtime(bundle, backend="cpu", threads=threads)
@@ -304,33 +305,35 @@ def session_stages(bundle: Path, frames: list[np.ndarray], mask: np.ndarray, thr
     sessions = {k: runtime.session(w, h, propagation_kernel=k) for k in ("graph", "numpy")}
     for s in sessions.values():
         s.step(frames[0], mask=mask)
-        s.propagator.bank.repeat_first(s.config.propagation.memory)
+    warm = sessions["graph"].config.propagation.memory + 1
     rows: dict[str, list[dict[str, float]]] = {k: [] for k in sessions}
     moved: list[tuple[int, int]] = []
     differ = []
-    for f in frames[1:]:
+    for i, f in enumerate(frames[1:]):
         out = {}
         for kernel, s in sessions.items():
             if s.device is not None:
                 s.device.reset_counts()
             out[kernel] = s.step(f)
-            rows[kernel].append(dict(s.timings))
-            if kernel == "graph" and s.device is not None:
-                moved.append((s.device.up, s.device.down))
+            if i >= warm:
+                rows[kernel].append(dict(s.timings))
+                if kernel == "graph" and s.device is not None:
+                    moved.append((s.device.up, s.device.down))
         differ.append(int((out["graph"] != out["numpy"]).sum()))
-    result = {"provider": runtime.provider, "frame_hw": (h, w), "moved": moved[1:], "differ": differ,
+    result = {"provider": runtime.provider, "frame_hw": (h, w), "moved": moved, "differ": differ,
+              "n": len(rows["graph"]),
               "kinds": {k: type(s.propagator).__name__ for k, s in sessions.items()},
               "bank_mib": {k: s.propagator.bank.nbytes / 2**20 for k, s in sessions.items()}}
     for kernel, timings in rows.items():
-        result[kernel] = {st: statistics.median(t.get(st, 0.0) for t in timings[1:]) for st in SESSION_STAGES}
+        result[kernel] = {st: statistics.median(t.get(st, 0.0) for t in timings) for st in SESSION_STAGES}
     runtime.close()
     return result
 
 
 def print_session(result: dict, label: str) -> None:
     h, w = result["frame_hw"]
-    print(f"\n{label}: Session.step on {h}x{w} frames, {result['provider']}, memory filled (29 context frames); "
-          f"load average {load_average()}")
+    print(f"\n{label}: Session.step on {h}x{w} frames, {result['provider']}, memory full (29 context frames), "
+          f"median of {result['n']} steps; load average {load_average()}")
     print(f"{'kernel':8s} " + " ".join(f"{st[:-3]:>12s}" for st in SESSION_STAGES) + "  (median ms)")
     for kernel in ("graph", "numpy"):
         r = result[kernel]
@@ -339,7 +342,7 @@ def print_session(result: dict, label: str) -> None:
     ups, downs = sorted({u for u, _ in result["moved"]}), sorted({d for _, d in result["moved"]})
     print(f"graph kernel, host<->device bytes per frame (steady state): up {ups} (the uint8 frame at the model "
           f"input size is {h * w * 3} at the frame size), down {downs} (uint8 labels: {h * w})")
-    print(f"label pixels differing graph vs numpy per frame: {result['differ']}")
+    print(f"label pixels differing graph vs numpy per frame (all {len(result['differ'])} steps): {result['differ']}")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -385,8 +388,12 @@ def run_session(args: argparse.Namespace) -> None:
 
         from diffvos.sample_clip import make_clip
 
-        root, mask_path = make_clip(Path(tempfile.mkdtemp()) / "clip", frames=args.runs + 2)
-    frames = [f.bgr for f in open_frames(root).select(range(args.runs + 2))]
+        root, mask_path = make_clip(Path(tempfile.mkdtemp()) / "clip", frames=PropagationConfig().memory + 2 + args.runs)
+    count = PropagationConfig().memory + 2 + args.runs
+    clip = open_frames(root)
+    if len(clip) < count:
+        raise SystemExit(f"bench propagation --session: {root} has {len(clip)} frames, {count} needed")
+    frames = [f.bgr for f in clip.select(range(count))]
     mask = read_mask(mask_path).labels
     for threads in args.threads:
         print_session(session_stages(args.session, frames, mask, threads), f"--threads {threads}")

@@ -4,8 +4,10 @@ One run per frame takes the frame's feature map and the memory bank and gives th
 frame's entry for the bank and the label map: normalisation, windowed affinity (tiled, never
 dense), one joint top-k over all context frames, MAG-Filter, exp / normalise, mask sum, bilinear
 upsampling, min-max, argmax, the caller's object ids and the nearest resize to the frame size.
-The same graph runs on the CPU, CUDA and TensorRT providers, so CI (CPU) executes exactly what a
-GPU runs; :mod:`diffvos.runtime.device_step` runs it with the bank in device memory.
+Its ops are ones the CPU, CUDA and TensorRT providers all run; the runtime runs it on the CPU or
+the CUDA provider (:mod:`diffvos.runtime.graph_engines`: why not TensorRT's), so CI (CPU)
+executes exactly what a GPU runs; :mod:`diffvos.runtime.device_step` runs it with the bank in
+device memory.
 
 Geometry and settings are static (h, w, C, heads, N, r, k, T, MAG-Filter, blocks, label stride);
 the number of filled slots ("slots", 1..N+1), the mask channels K+1 ("classes") and the output
