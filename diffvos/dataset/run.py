@@ -74,12 +74,13 @@ def track_dataset(bundle: str | Path, root: str | Path, output: str | Path, *, c
     check_apart({"--output": output}, {"--input": root, "--bundle": bundle})
     with OutputLock(output):  # one run writes into a dataset folder at a time
         return _track_dataset(dataset, bundle, output, config, backend, threads, ray_address, workers, force,
-                              progress, max_attempts, on_tick)
+                              progress, max_attempts, on_tick, allow_failed_calibration)
 
 
 def _track_dataset(dataset: Any, bundle: str | Path, output: str | Path, config: SessionConfig, backend: str,
                    threads: int, ray_address: str | None, workers: int | None, force: bool, progress: bool,
-                   max_attempts: int, on_tick: Callable[[], None] | None) -> DatasetSummary:
+                   max_attempts: int, on_tick: Callable[[], None] | None,
+                   allow_failed_calibration: bool) -> DatasetSummary:
     from tqdm import tqdm
 
     store = VideoStore(output, settings_of(bundle, config, dataset.kind))
