@@ -32,8 +32,14 @@ from diffvos.calibration.qdq_graph import (
     prune,
     quantised_nodes,
 )
-from diffvos.calibration.quantize import Candidate, QuantConfig, calibrate_ranges, candidate_configs, distinct
-from diffvos.calibration.quantize import quantize_graph
+from diffvos.calibration.quantize import (
+    Candidate,
+    QuantConfig,
+    calibrate_ranges,
+    candidate_configs,
+    distinct,
+    quantize_graph,
+)
 from diffvos.calibration.search import keep_count_search
 from diffvos.config import SessionConfig
 from diffvos.errors import BundleError

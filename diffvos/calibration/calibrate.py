@@ -28,7 +28,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from diffvos.bundle import FEATURES_GRAPH, Calibration, GraphEntry, MaskCheck, read_manifest, sha256_file, write_manifest
+from diffvos.bundle import (
+    FEATURES_GRAPH,
+    Calibration,
+    GraphEntry,
+    MaskCheck,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from diffvos.calibration.frames import FramePool, split_indices
 from diffvos.calibration.mask_gate import (
     Clip,
@@ -40,6 +48,7 @@ from diffvos.calibration.mask_gate import (
     reference,
     verdict,
 )
+from diffvos.calibration.options import TARGETS, CalibrationOptions
 from diffvos.calibration.qdq_check import check_tensorrt
 from diffvos.calibration.qdq_graph import (
     derive,
@@ -51,10 +60,8 @@ from diffvos.calibration.qdq_graph import (
     prune,
     quantised_nodes,
 )
-from diffvos.calibration.options import TARGETS, CalibrationOptions
 from diffvos.calibration.quantize import (
     Candidate,
-    QuantConfig,
     calibrate_ranges,
     candidate_configs,
     distinct,

@@ -10,7 +10,12 @@ if TYPE_CHECKING:
 
 
 def register(sub: Subcommands) -> None:
-    from diffvos.calibration.options import METHODS, TARGETS, CalibrationOptions, GateLimits
+    from diffvos.calibration.options import (
+        METHODS,
+        TARGETS,
+        CalibrationOptions,
+        GateLimits,
+    )
     from diffvos.config import PropagationConfig, SessionConfig, add_options
 
     d, lim = CalibrationOptions(), GateLimits()

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from diffvos.bundle import PrecisionSearch, SearchStep
-from diffvos.calibration.qdq_graph import NodeCost, derive, graph_sha256, int8_flop_fraction, quantised_nodes
+from diffvos.calibration.qdq_graph import (
+    NodeCost,
+    derive,
+    graph_sha256,
+    int8_flop_fraction,
+    quantised_nodes,
+)
 
 
 def keep_count_search(n: int, passes: Callable[[int], bool]) -> tuple[int | None, list[int]]:

@@ -17,7 +17,6 @@ from diffvos.calibration.options import DEFAULT_TRT_VERSION
 from diffvos.io.atomic import write_text_atomic
 
 
-
 def trt_version_number(version: str) -> int:
     """TensorRT's integer version as ``getInferLibVersion`` reports it (8.6.1 -> 8601, 10.3.0 -> 100300)."""
     parts = [int(p) for p in version.split(".")[:3]] + [0, 0]

@@ -80,7 +80,7 @@ def track_dataset(bundle: str | Path, root: str | Path, output: str | Path, *, c
 def _track_dataset(dataset: Any, bundle: str | Path, output: str | Path, config: SessionConfig, backend: str,
                    threads: int, ray_address: str | None, workers: int | None, force: bool, progress: bool,
                    max_attempts: int, on_tick: Callable[[], None] | None,
-                   allow_failed_calibration: bool = False) -> DatasetSummary:
+                   allow_failed_calibration: bool) -> DatasetSummary:
     from tqdm import tqdm
 
     store = VideoStore(output, settings_of(bundle, config, dataset.kind))
