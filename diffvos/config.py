@@ -31,6 +31,9 @@ PRECISIONS = ("fp32", "fp16", "int8")  # fp16: FP16-typed graph; int8: explicit 
 COLORS = ("BGR", "RGB")  # channel order of the frames a caller passes in
 CONCURRENCY = ("serialize", "refuse")  # a second thread on one session waits, or gets BusyError
 HEAD_WEIGHTS = ("uniform", "adaptive")  # how an attention bundle's heads are combined (README)
+# the ONNX graph on the feature graph's provider, memory bank on its device (diffvos/runtime/device_step.py),
+# or the numpy reference kernel on the host (diffvos/runtime/propagation.py)
+PROPAGATION_KERNELS = ("graph", "numpy")
 MAX_OBJECTS = 255  # object ids are uint8, 0 is the background
 MAX_FRAME_SIDE = 16384
 
@@ -138,10 +141,13 @@ class PropagationConfig:
                              "feature cells", check=_mag_filter_problem)
     feature_dtype: str = option("float16", "memory feature storage (float32 reproduces the reference exactly)",
                                 choices=("float16", "float32"), cli=False)
-    tile: int | None = option(None, "query tile side in cells of the windowed kernel (None: measured default)",
-                              minimum=1, cli=False)
+    tile: int | None = option(None, "tile side in cells of the windowed kernel: the numpy kernel's query tiles, the "
+                              "graph's key blocks (None: the measured default)", minimum=1, cli=False)
     head_weights: str = option("uniform", "attention bundles: combine the heads uniformly, or weight each by how well "
                                "it propagates the first mask onto the first frame", choices=HEAD_WEIGHTS)
+    propagation_kernel: str = option("graph", "where propagation runs: 'graph' (an ONNX graph on the feature graph's "
+                                     "provider, memory bank in device memory) or 'numpy' (the host reference)",
+                                     choices=PROPAGATION_KERNELS)
 
     def __post_init__(self) -> None:
         if isinstance(self.mag_filter, (int, float)) and not isinstance(self.mag_filter, bool):

@@ -112,3 +112,20 @@ def test_cli_has_bench_subcommands(capsys):
             main(["bench", name, "--help"])
         assert exc.value.code == 0
         assert f"bench {name}" in capsys.readouterr().out
+
+
+def test_propagation_benchmark_tiny(capsys):
+    """`diffvos bench propagation` at a tiny size: both kernels through step_to_labels give the
+    same labels, and a graph step moves only the label map down (nothing up: the query is on the
+    device already)."""
+    bench = load_script("propagation")
+    from diffvos.config import PropagationConfig
+
+    feats, masks = bench.random_features(8, 16, (12, 20))
+    cfg = PropagationConfig(memory=4, radius=3, topk=5)
+    result = bench.compare_kernels(feats, masks, cfg, runs=2, threads=1)
+    assert result["labels"] == [0, 0, 0] and max(result["diffs"]) < 1e-5
+    assert result["moved"] == [(0, 480 * 854)] * 2
+    assert result["graph"]["n"] == result["numpy"]["n"] == 2
+    bench.print_comparison(result, "tiny")
+    assert "numpy / graph" in capsys.readouterr().out

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import diffvos
+from diffvos.config import PROPAGATION_KERNELS
 from diffvos.errors import (
     BackendError,
     BundleError,
@@ -97,7 +98,7 @@ def test_step_equals_the_stages_composed_by_hand(bundle, runtime):
     """The session's labels (in the caller's ids) and soft masks are the stages' output exactly."""
     frames, truths = moving_squares(8)
     ids = np.array([0, 4, 9], np.uint8)  # caller ids 4, 9 for objects 1, 2
-    session = runtime.session(W, H)
+    session = runtime.session(W, H, propagation_kernel="numpy")  # the graph: tests/test_propagation_graph.py
     labels, softs = _run(session, frames, ids[truths[0]], probs=True)
     # by hand: features -> propagation -> labels, channels mapped to ids at the end
     features = Features(runtime.manifest, runtime.engines)
@@ -111,7 +112,7 @@ def test_step_equals_the_stages_composed_by_hand(bundle, runtime):
         np.testing.assert_array_equal(got, ids[soft_to_labels(soft, 8, (H, W))])
     assert session.info.object_ids == [4, 9]
     # RGB frames declared as RGB give the same result
-    rgb = runtime.session(W, H, color="RGB")
+    rgb = runtime.session(W, H, color="RGB", propagation_kernel="numpy")
     rgb_labels, _ = _run(rgb, [np.ascontiguousarray(f[:, :, ::-1]) for f in frames], ids[truths[0]])
     for got, want in zip(rgb_labels, labels):
         np.testing.assert_array_equal(got, want)
@@ -267,10 +268,11 @@ def test_closed_runtime_leaves_sessions_working(bundle):
     assert s.step(frames[1]).shape == (H, W)
 
 
-def test_object_added_mid_video_is_tracked(runtime):
+@pytest.mark.parametrize("kernel", PROPAGATION_KERNELS)
+def test_object_added_mid_video_is_tracked(runtime, kernel):
     newcomer = (3, (255, 255, 255), (40, 0), (0, 3), 18, 4)
     frames, truths = moving_squares(10, objects=SQUARES + (newcomer,))
-    s = runtime.session(W, H)
+    s = runtime.session(W, H, propagation_kernel=kernel)
     s.step(frames[0], mask=truths[0], object_ids=[1, 2])
     for f in frames[1:4]:
         s.step(f)
@@ -280,7 +282,7 @@ def test_object_added_mid_video_is_tracked(runtime):
     assert info.object_ids == [1, 2, 3] and info.prob_shape == (4, H // 8, W // 8)
     assert len(s.propagator.bank) == 1 + 4  # first frame + four remembered frames, the added one once
     slot = s.propagator.bank.context_slots()[-1]
-    remembered = s.propagator.bank.masks[slot]  # (h, w, K+1) of the frame the object was added on
+    remembered = np.asarray(s.propagator.bank.masks[slot])  # (h, w, K+1) of the frame the object was added on
     np.testing.assert_allclose(remembered.sum(-1), 1.0, atol=1e-6)
     assert (remembered[..., 3] > 0.5).any()
     scores = [jaccard(s.step(f) == 3, truth == 3) for f, truth in zip(frames[5:], truths[5:])]

@@ -210,10 +210,7 @@ class ProjectPipeline:
         self.session.step(bgr, mask=labels)
 
     def prefill(self, n: int) -> None:
-        bank = self.session.propagator.bank
-        mask = np.ascontiguousarray(np.moveaxis(bank.masks[0], -1, 0))
-        for _ in range(n):
-            bank.push(bank.features[0].copy(), mask.copy(), normalised_hwc=True)
+        self.session.propagator.bank.repeat_first(n)
 
     def step(self, bgr: np.ndarray) -> np.ndarray:
         labels = self.session.step(bgr)

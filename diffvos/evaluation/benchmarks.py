@@ -1,4 +1,4 @@
-"""`diffvos bench pipeline|scaling|efficiency|streams`: options here, the work in ``diffvos.benchmarks``.
+"""`diffvos bench pipeline|scaling|efficiency|streams|propagation`: options here, the work in ``diffvos.benchmarks``.
 
 This module defines the benchmarks' command-line options with no heavy imports; the benchmark
 module (some need torch) is imported only when its subcommand runs. The other benchmarks run as
@@ -83,8 +83,26 @@ def add_streams_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", type=int, default=4, help="memory frames per stream (default 4)")
 
 
+def add_propagation_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", type=int, default=5, help="timed steps per kernel (after one warm-up step)")
+    p.add_argument("--threads", type=int, nargs="+", default=[0], help="--threads values to run (0: the runtime's "
+                   "choice); e.g. 1 2")
+    p.add_argument("--davis", type=Path, help="DAVIS-2016 root: real frames instead of Gaussian features")
+    p.add_argument("--sequence", default="breakdance-flare")
+    p.add_argument("--mag", default="12", help="MAG-Filter: off, adaptive or a radius")
+    p.add_argument("--feature-dtype", default="float16", choices=("float16", "float32"))
+    p.add_argument("--size", default="60x104", help="feature grid HxW")
+    p.add_argument("--channels", type=int, default=512)
+    p.add_argument("--graph-only", action="store_true", help="time the graph alone")
+    p.add_argument("--dense", action="store_true", help="also the numpy kernel against the dense formula")
+    p.add_argument("--dense-chunk", type=int, default=520, help="queries per dense chunk at full size")
+    p.add_argument("--tiles", default="", help="comma-separated numpy tile sides to sweep (e.g. 6,8,12,16)")
+    p.add_argument("--session", type=Path, metavar="BUNDLE", help="instead: the whole step through Session.step "
+                   "with this bundle, both kernels, per-stage ms and bytes per frame (DAVIS frames with --davis)")
+
+
 def register(kinds: Subcommands) -> None:
-    """Add the pipeline, scaling and efficiency subcommands to ``diffvos bench``."""
+    """Add the pipeline, scaling, efficiency, streams and propagation subcommands to ``diffvos bench``."""
     specs = (
         ("pipeline", "pipeline", add_pipeline_arguments,
          "the published pipeline (PyTorch eager, dense) vs the project's (ONNX Runtime, windowed): ms per stage"),
@@ -94,6 +112,8 @@ def register(kinds: Subcommands) -> None:
          "FLOPs of the feature graph, achieved FLOP/s and the share of the machine's matmul peak"),
         ("streams", "streams", add_streams_arguments,
          "many streams on one runtime: summed frames/s over 1, 2, 4, 8 streams, batched vs one by one"),
+        ("propagation", "propagation", add_propagation_arguments,
+         "one propagation step at the published setting: the device step's graph vs the numpy kernel"),
     )
     for name, script, add, text in specs:
         p = kinds.add_parser(name, help=text, description=text)

@@ -29,10 +29,17 @@ import math
 
 import numpy as np
 
+from typing import TYPE_CHECKING, Any
+
 from diffvos.bundle import Affinity
 from diffvos.config import PropagationConfig
 from diffvos.errors import BundleError, InputError
+from diffvos.runtime.postprocess import HostLabels, LabelSpec
 from diffvos.runtime.propagation import Propagator
+
+if TYPE_CHECKING:
+    from diffvos.runtime.device_step import GraphPropagator
+    from diffvos.runtime.graph_engines import GraphEngines
 
 
 class BankGroup:
@@ -59,7 +66,12 @@ def grid_object_iou(labels: np.ndarray, reference: np.ndarray, num_classes: int)
     return float(np.mean(scores)) if scores else 1.0
 
 
-class AttentionPropagator:
+def weights_from_scores(scores: np.ndarray) -> np.ndarray:
+    """Adaptive head weights: the scores normalised to sum 1, uniform when every score is 0."""
+    return scores / scores.sum() if scores.sum() > 0 else np.full(scores.size, 1.0 / scores.size)
+
+
+class AttentionPropagator(HostLabels):
     """The :class:`Propagator` interface (start / predict / remember / step / add_objects /
     remove_object) over an attention bundle's per-head queries and keys."""
 
@@ -88,7 +100,7 @@ class AttentionPropagator:
             scores = np.array([grid_object_iou(prop.predict(q[head]).argmax(axis=0), reference, self.num_classes)
                                for head, prop in enumerate(self.per_head)])
             self.head_scores = scores
-            self.weights = scores / scores.sum() if scores.sum() > 0 else np.full(self.heads, 1.0 / self.heads)
+            self.weights = weights_from_scores(scores)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Soft mask (K+1, h, w): the heads' propagations, weighted and summed (not remembered)."""
@@ -129,6 +141,7 @@ class AttentionPropagator:
 
     def split(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[2*H*d, h, w] -> queries, keys, each [H, d, h, w] (views)."""
+        features = np.asarray(features)  # a feature map left on the device comes to the host here
         if features.shape != (self.channels, self.h, self.w):
             raise InputError(f"attention features are {features.shape}, expected {(self.channels, self.h, self.w)} "
                              f"(queries then keys of {self.heads} heads x {self.head_dim})")
@@ -137,13 +150,28 @@ class AttentionPropagator:
 
 
 def propagator_for(affinity: Affinity, channels: int, h: int, w: int, num_classes: int,
-                   config: PropagationConfig | None = None) -> Propagator | AttentionPropagator:
-    """The propagator a bundle's affinity kind calls for."""
-    if affinity.kind == "features":
-        return Propagator(channels, h, w, num_classes, config)
-    if affinity.kind == "attention":
-        if 2 * affinity.heads * (affinity.head_dim or 0) != channels:
-            raise BundleError(f"attention bundle: features have {channels} channels, the manifest says 2 x "
-                              f"{affinity.heads} heads x {affinity.head_dim}")
+                   config: PropagationConfig | None = None, *, graphs: GraphEngines | None = None,
+                   labels: LabelSpec | None = None, out_hw: tuple[int, int] | None = None,
+                   io: Any = None) -> Propagator | AttentionPropagator | GraphPropagator:
+    """The propagator a bundle's affinity kind and the session's kernel call for: the propagation
+    graph (:mod:`diffvos.runtime.device_step`) with ``propagation_kernel="graph"`` when the runtime's
+    ``graphs`` are given, the numpy kernels otherwise (and for grids with fewer than ``topk`` cells,
+    which the graph's blocks cannot hold). ``labels``/``out_hw``: the label maps the graph makes;
+    ``io``: the stream's :class:`~diffvos.runtime.device.DeviceIO`."""
+    config = config or PropagationConfig()
+    if affinity.kind not in ("features", "attention"):
+        raise BundleError(f"unknown affinity kind {affinity.kind!r}")
+    attention = affinity.kind == "attention"
+    if attention and 2 * affinity.heads * (affinity.head_dim or 0) != channels:
+        raise BundleError(f"attention bundle: features have {channels} channels, the manifest says 2 x "
+                          f"{affinity.heads} heads x {affinity.head_dim}")
+    if graphs is not None and config.propagation_kernel == "graph" and h * w >= config.topk:
+        from diffvos.runtime.device_step import GraphPropagator
+        from diffvos.runtime.propagation_graph import GraphSpec
+
+        spec = GraphSpec.for_config(config, h, w, affinity.head_dim if attention else channels,
+                                    heads=affinity.heads if attention else 1, attention=attention, labels=labels)
+        return GraphPropagator(graphs, spec, num_classes, io or graphs.device_io(), out_hw, config.head_weights)
+    if attention:
         return AttentionPropagator(affinity.heads, affinity.head_dim, h, w, num_classes, config)
-    raise BundleError(f"unknown affinity kind {affinity.kind!r}")
+    return Propagator(channels, h, w, num_classes, config)

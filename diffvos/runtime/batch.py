@@ -19,6 +19,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from diffvos.errors import InputError
+from diffvos.runtime.device import DeviceTensor
+from diffvos.runtime.features import Tensor
 from diffvos.runtime.session import PendingStep, Session
 
 
@@ -70,12 +72,12 @@ def step_many(steps: Iterable[StreamStep | tuple], *, return_exceptions: bool = 
                 if not return_exceptions:
                     raise
                 results[i] = exc
-        features: dict[int, tuple[np.ndarray, float]] = {}
+        features: dict[int, tuple[Tensor, float]] = {}
         for group in _calls(items, pending):
             lead = items[group[0]].session.features
             t0 = time.perf_counter()
             try:
-                out = lead.run(np.concatenate([pending[i].x_t for i in group], axis=0))
+                out = lead.run(lead.stack([pending[i].x_t for i in group]))
             except Exception as exc:  # noqa: BLE001
                 if not return_exceptions:
                     raise
@@ -96,12 +98,12 @@ def step_many(steps: Iterable[StreamStep | tuple], *, return_exceptions: bool = 
 
 
 def _calls(items: list[StreamStep], pending: dict[int, PendingStep]) -> list[list[int]]:
-    """The feature-graph calls: steps sharing an engine and an input shape, in order, at most the
-    bundle's ``max_streams`` per call."""
-    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    """The feature-graph calls: steps sharing an engine, an input shape and where the input lies
+    (host or device), in order, at most the bundle's ``max_streams`` per call."""
+    groups: dict[tuple[int, tuple[int, ...], bool], list[int]] = {}
     for i in sorted(pending):
-        features = items[i].session.features
-        groups.setdefault((id(features.engine), pending[i].x_t.shape), []).append(i)
+        features, x_t = items[i].session.features, pending[i].x_t
+        groups.setdefault((id(features.engine), tuple(x_t.shape), isinstance(x_t, DeviceTensor)), []).append(i)
     calls = []
     for members in groups.values():
         size = items[members[0]].session.features.max_streams

@@ -124,6 +124,12 @@ def fork_engine(engine: Engine) -> Engine:
     return fork() if callable(fork) else engine
 
 
+def runs_on_device(engine: Engine) -> bool:
+    """Whether the engine keeps inputs and outputs in device memory (``infer_on_device``, the optional
+    part of the protocol that the device step uses; ONNX Runtime engines have it)."""
+    return callable(getattr(engine, "infer_on_device", None))
+
+
 def single_input(engine: Engine) -> TensorMeta:
     """The one input of a feature or VAE graph."""
     (meta,) = engine.inputs

@@ -12,6 +12,8 @@ Slot 0 is the first frame; slots ``1..capacity`` form the ring.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from diffvos.errors import InputError
@@ -37,7 +39,89 @@ def l2_normalise_into(features_chw: np.ndarray, out_hwc: np.ndarray) -> None:
     out_hwc.reshape(-1, c)[...] = (src / norm).T
 
 
-class MemoryBank:
+class RingIndex:
+    """Which slot holds what in a first frame + FIFO memory of ``capacity`` frames: slot 0 is the
+    first frame, slots 1..capacity the ring, filled 1, 2, ... in order and then overwritten oldest
+    first (so while filling, the used slots are always the prefix 0..len-1). Shared by the numpy
+    bank here and the device bank of :mod:`diffvos.runtime.device_step`."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.reset()
+
+    def reset(self) -> None:
+        self.has_first = False
+        self.count = 0  # frames in the ring
+        self.next = 0  # ring position (0-based) the next push writes
+
+    def __len__(self) -> int:
+        """Context frames held: the first frame (if set) plus the ring's frames."""
+        return int(self.has_first) + self.count
+
+    @property
+    def target(self) -> int:
+        """The slot the next push writes."""
+        return 1 + self.next
+
+    def advance(self) -> None:
+        """Record a push into :attr:`target`."""
+        self.next = (self.next + 1) % self.capacity
+        self.count = min(self.count + 1, self.capacity)
+
+    def context_slots(self) -> np.ndarray:
+        """Slot indices of the context frames: first frame, then the ring oldest to newest."""
+        if not self.has_first:
+            return np.zeros(0, np.intp)
+        oldest = (self.next - self.count) % max(self.capacity, 1)
+        ring = (oldest + np.arange(self.count)) % max(self.capacity, 1) + 1
+        return np.concatenate(([0], ring)).astype(np.intp)
+
+
+def grow_mask_channels(masks: np.ndarray, n: int) -> np.ndarray:
+    """Stored masks (..., K+1) with ``n`` more channels, zero everywhere (objects appearing mid-video)."""
+    if n < 1:
+        raise InputError(f"memory bank: add_objects({n}) needs n >= 1")
+    grown = np.zeros(masks.shape[:-1] + (masks.shape[-1] + n,), np.float32)
+    grown[..., : masks.shape[-1]] = masks
+    return grown
+
+
+def drop_mask_channel(masks: np.ndarray, k: int) -> np.ndarray:
+    """Stored masks (..., K+1) without object channel ``k`` (1..K), whose mass joins the background."""
+    if not 1 <= k < masks.shape[-1]:
+        raise InputError(f"memory bank: object {k} does not exist (objects are 1..{masks.shape[-1] - 1})")
+    masks[..., 0] += masks[..., k]
+    return np.ascontiguousarray(np.delete(masks, k, axis=-1))
+
+
+class RingBank:
+    """What a memory bank answers from its ``ring`` (:class:`RingIndex`) and its two arrays,
+    ``features`` (N+1, h, w, C) and ``masks`` (N+1, h, w, K+1): host arrays in
+    :class:`MemoryBank`, device tensors in :class:`~diffvos.runtime.device_step.DeviceBank`."""
+
+    ring: RingIndex
+    features: Any
+    masks: Any
+
+    def __len__(self) -> int:
+        """Context frames held: the first frame (if set) plus the ring's frames."""
+        return len(self.ring)
+
+    def context_slots(self) -> np.ndarray:
+        """Slot indices of the context frames: first frame, then the ring oldest to newest."""
+        return self.ring.context_slots()
+
+    @property
+    def num_classes(self) -> int:
+        """Mask channels, background included (K+1)."""
+        return self.masks.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.nbytes + self.masks.nbytes
+
+
+class MemoryBank(RingBank):
     """First frame + ring of the last ``capacity`` frames, preallocated."""
 
     def __init__(
@@ -61,24 +145,9 @@ class MemoryBank:
         self.masks = np.zeros((capacity + 1, h, w, num_classes), np.float32)
         self.reset()
 
-    @property
-    def num_classes(self) -> int:
-        """Mask channels, background included (K+1)."""
-        return self.masks.shape[-1]
-
-    @property
-    def nbytes(self) -> int:
-        return self.features.nbytes + self.masks.nbytes
-
     def reset(self) -> None:
         """Forget everything (the arrays are kept)."""
-        self._has_first = False
-        self._count = 0  # frames in the ring
-        self._next = 0  # ring position (0-based) the next push writes
-
-    def __len__(self) -> int:
-        """Context frames held: the first frame (if set) plus the ring's frames."""
-        return int(self._has_first) + self._count
+        self.ring = RingIndex(self.capacity)
 
     def _check(self, features: np.ndarray, mask: np.ndarray) -> None:
         want_f = (self.channels, self.h, self.w)
@@ -100,7 +169,7 @@ class MemoryBank:
         """Store the permanent first frame (C, h, w) with its mask (K+1, h, w); empties the ring."""
         self.reset()
         self._write(0, features, mask, normalised=False)
-        self._has_first = True
+        self.ring.has_first = True
 
     def push(self, features: np.ndarray, mask: np.ndarray, normalised_hwc: bool = False) -> None:
         """Append a frame to the FIFO, overwriting the oldest once ``capacity`` frames are held.
@@ -108,24 +177,20 @@ class MemoryBank:
         ``normalised_hwc=True`` takes features already unit-normalised in (h, w, C) layout (the
         propagator's query buffer) and skips the normalisation.
         """
-        if not self._has_first:
+        if not self.ring.has_first:
             raise InputError("memory bank: push() before set_first()")
         if self.capacity == 0:
             return
         if normalised_hwc:
             if features.shape != (self.h, self.w, self.channels) or mask.shape[0] != self.num_classes:
                 raise InputError(f"memory bank: features {features.shape} / mask {mask.shape} do not fit")
-        self._write(1 + self._next, features, mask, normalised_hwc)
-        self._next = (self._next + 1) % self.capacity
-        self._count = min(self._count + 1, self.capacity)
+        self._write(self.ring.target, features, mask, normalised_hwc)
+        self.ring.advance()
 
-    def context_slots(self) -> np.ndarray:
-        """Slot indices of the context frames: first frame, then the ring oldest to newest."""
-        if not self._has_first:
-            return np.zeros(0, np.intp)
-        oldest = (self._next - self._count) % max(self.capacity, 1)
-        ring = (oldest + np.arange(self._count)) % max(self.capacity, 1) + 1
-        return np.concatenate(([0], ring)).astype(np.intp)
+    def repeat_first(self, n: int) -> None:
+        """Push ``n`` copies of the first frame's entry (benchmarks: a full memory from one frame)."""
+        for _ in range(n):
+            self.push(self.features[0].copy(), np.moveaxis(self.masks[0], -1, 0).copy(), normalised_hwc=True)
 
     def add_objects(self, n: int = 1) -> None:
         """Append ``n`` object channels (rare: an object appears mid-video).
@@ -135,11 +200,7 @@ class MemoryBank:
         (Past frames keep marking that region as background; the annotated frame enters the FIFO
         through ``push`` and leaves it after ``capacity`` frames like any other.)
         """
-        if n < 1:
-            raise InputError(f"memory bank: add_objects({n}) needs n >= 1")
-        grown = np.zeros(self.masks.shape[:-1] + (self.num_classes + n,), np.float32)
-        grown[..., : self.num_classes] = self.masks
-        self.masks = grown
+        self.masks = grow_mask_channels(self.masks, n)
 
     def remove_object(self, k: int) -> None:
         """Drop object channel ``k`` (1..K); its mass moves to the background channel.
@@ -147,7 +208,4 @@ class MemoryBank:
         Every stored mask keeps summing to what it summed before, so the removed object's
         region is read as background by later frames; channels above ``k`` shift down by one.
         """
-        if not 1 <= k < self.num_classes:
-            raise InputError(f"memory bank: object {k} does not exist (objects are 1..{self.num_classes - 1})")
-        self.masks[..., 0] += self.masks[..., k]
-        self.masks = np.ascontiguousarray(np.delete(self.masks, k, axis=-1))
+        self.masks = drop_mask_channel(self.masks, k)

@@ -28,6 +28,11 @@ class NoiseInjector:
         return self._rng.standard_normal(self.shape, dtype=np.float32)
 
     @property
+    def draws(self) -> np.ndarray | None:
+        """The fixed draws [E, C, H, W] reused for every frame (None: ᾱ = 1, no noise)."""
+        return self._bank
+
+    @property
     def nbytes(self) -> int:
         return self._out.nbytes + (self._bank.nbytes if self._bank is not None else 0)
 

@@ -81,8 +81,10 @@ class OrtEngine(EngineBase):
     """
 
     def __init__(self, session: Any, note: str | None = None, *,
-                 fallback: Callable[[str, str], tuple[Any, str | None] | None] | None = None) -> None:
+                 fallback: Callable[[str, str], tuple[Any, str | None] | None] | None = None,
+                 device_id: int = 0) -> None:
         super().__init__(note)
+        self._device_id = device_id
         self._adopt(session)
         self._fallback = fallback
         self._verified = self._providers[0] == CPU  # the CPU cannot fall back: nothing to check
@@ -114,6 +116,59 @@ class OrtEngine(EngineBase):
     def fork(self) -> OrtEngine:
         """ONNX Runtime's ``run`` is thread-safe: every stream shares this engine."""
         return self
+
+    # -- device-resident IO (the device step, diffvos.runtime.device_step) ---------------------------
+    @property
+    def device(self) -> tuple[str, int]:
+        """Where the running provider keeps tensors, as IO binding names it: ("cpu", 0) on the CPU,
+        ("cuda", id) under the CUDA or TensorRT provider."""
+        return ("cpu", 0) if self.provider == CPU else ("cuda", self._device_id)
+
+    def io_binding(self) -> Any:
+        """A new ``onnxruntime.IOBinding`` on the current session (make it after the first run on a
+        GPU provider, or per run: the session may be replaced at the first run)."""
+        return self.session.io_binding()
+
+    def run_binding(self, binding: Any) -> None:
+        """``run_with_iobinding``. The first run on a GPU provider is checked as :meth:`infer`'s
+        (providers read again after it), but a provider failure raises :class:`BackendError` instead
+        of moving on: buffers bound on a device cannot follow a fallback."""
+        try:
+            if self._verified:
+                self.session.run_with_iobinding(binding)
+                return
+            with self._first, capture_native_output() as said:
+                self.session.run_with_iobinding(binding)
+            self._check_after_run(said)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
+            raise BackendError(f"ONNX Runtime failed to run the graph on {self.provider}: {first_line(exc)}") from exc
+
+    def infer_on_device(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`infer` with inputs and outputs in device memory: ``feed`` maps input names to
+        ``OrtValue`` objects on :attr:`device`; the outputs are ``OrtValue`` objects allocated there
+        and never copied to the host. Observers get host copies (made only when one is registered).
+        The first run on a GPU provider (where it may fall back) goes through the host once."""
+        if not self._verified:
+            import onnxruntime as ort
+
+            host = self._run({name: value.numpy() for name, value in feed.items()})
+            outputs = {name: ort.OrtValue.ortvalue_from_numpy(v, *self.device) for name, v in host.items()}
+        else:
+            binding = self.session.io_binding()
+            for name, value in feed.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in self._output_names:
+                binding.bind_output(name, *self.device)
+            self.run_binding(binding)
+            outputs = dict(zip(self._output_names, binding.get_outputs()))
+        if self._observers:
+            host_feed = {name: value.numpy() for name, value in feed.items()}
+            host_out = {name: value.numpy() for name, value in outputs.items()}
+            for observer in tuple(self._observers):
+                observer(host_feed, host_out)
+        return outputs
 
     def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._verified:
@@ -188,6 +243,7 @@ class OrtLoader:
     cuda: Any = field(default=None, repr=False)  # injected diffvos.runtime.cuda_device.Cuda (cache key)
     nvinfer: Callable[[], str | None] = field(default=libnvinfer_version, repr=False)  # libnvinfer's version probe
     plan: ThreadPlan | None = None  # thread counts (default: diffvos.runtime.threads' choice for ``threads``)
+    model: bytes | None = field(default=None, repr=False)  # the graph itself, for graphs built in memory
 
     def __call__(self) -> OrtEngine:
         ort = self.ort
@@ -196,7 +252,7 @@ class OrtLoader:
         ort.set_default_logger_severity(3)  # errors: captured while a provider starts, named in the note
         opener = _ChainOpener(self, ort, candidate_chains(self.backend, ort.get_available_providers()))
         session, note = opener.open_next()
-        return OrtEngine(session, note, fallback=opener.after_failure)
+        return OrtEngine(session, note, fallback=opener.after_failure, device_id=self.gpu.device)
 
     def session_options(self, ort: ModuleType) -> Any:
         options = ort.SessionOptions()
@@ -256,7 +312,8 @@ class _ChainOpener:
             error: Exception | None = None
             with capture_native_output() if gpu else contextlib.nullcontext(Captured()) as said:
                 try:
-                    session = self.ort.InferenceSession(str(self.loader.path), self.options, providers=chain,
+                    source = self.loader.model if self.loader.model is not None else str(self.loader.path)
+                    session = self.ort.InferenceSession(source, self.options, providers=chain,
                                                         provider_options=opts, enable_fallback=0)
                 except Exception as exc:  # noqa: BLE001 - a provider that cannot start: try the next chain
                     error = exc

@@ -7,6 +7,9 @@ align_corners=False)`` to float rounding, without importing either.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 
 from diffvos.errors import InputError
@@ -123,3 +126,32 @@ def soft_to_labels(
         rows, cols = nearest_indices(labels.shape[0], out_hw[0]), nearest_indices(labels.shape[1], out_hw[1])
         np.take(labels[rows], cols, axis=1, out=out)
     return out
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """How a session's soft masks become its label maps (METHOD.md step 8): the feature stride and
+    the model input size the soft mask is upsampled to before the nearest resize to the frame."""
+
+    stride: int
+    scaled_hw: tuple[int, int]
+
+    def write(self, soft: np.ndarray, lut: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return soft_to_labels(soft, self.stride, out.shape, self.scaled_hw, lut, out)
+
+
+class HostLabels:
+    """``step_to_labels`` for propagators whose soft mask is on the host (the numpy kernels): the
+    step, then :func:`soft_to_labels`. The graph kernel does both in one run on the device."""
+
+    def step_to_labels(self, features: np.ndarray, labels: LabelSpec, lut: np.ndarray, out: np.ndarray,
+                       probs: np.ndarray | None = None) -> tuple[float, float]:
+        """Propagate one frame, write its label map (object ids via ``lut``) into ``out`` and, when
+        given, its soft mask into ``probs``; returns (propagation ms, postprocessing ms)."""
+        t0 = time.perf_counter()
+        soft = self.step(features)  # type: ignore[attr-defined]
+        t1 = time.perf_counter()
+        labels.write(soft, lut, out)
+        if probs is not None:
+            np.copyto(probs, soft)
+        return (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3

@@ -22,11 +22,12 @@ import numpy as np
 from diffvos.config import PropagationConfig
 from diffvos.errors import InputError
 from diffvos.runtime.memory import MemoryBank, to_hwc_into
+from diffvos.runtime.postprocess import HostLabels
 
 _DENSE_SCORE_BUDGET = 32 << 20  # bytes of scores per tile when there is no window
 
 
-@dataclass
+@dataclass(frozen=True)
 class MagFilter:
     """MAG-Filter: drop kept correspondences whose displacement is too long (METHOD.md, MAG-Filter).
 
@@ -85,7 +86,7 @@ class _Tile:
     bias: np.ndarray | None  # (nq, R) 0 inside each query's window, -inf outside; None = all inside
 
 
-class Propagator:
+class Propagator(HostLabels):
     """Owns the memory bank and scratch; ``start`` with the first frame, then ``step`` per frame.
 
     ``normalise=False`` takes the features as they are (no L2 normalisation): with ``keys`` given
@@ -162,6 +163,7 @@ class Propagator:
     # -- public API ----------------------------------------------------------------------------
     def start(self, features: np.ndarray, onehot: np.ndarray) -> None:
         """First frame: features (C, h, w) and its one-hot mask (K+1, h, w); clears the memory."""
+        features = np.asarray(features)  # a feature map left on the device comes to the host here
         _check_finite(features, "first frame features")
         self.bank.set_first(features, onehot.astype(np.float32, copy=False))
 
@@ -177,6 +179,7 @@ class Propagator:
         ``keys`` (C, h, w): what the frame is remembered by, when it differs from its queries."""
         if len(self.bank) == 0:
             raise InputError("Propagator.predict() before start()")
+        features = np.asarray(features)  # a feature map left on the device comes to the host here
         for name, a in (("features", features), ("keys", keys)):
             if a is not None and a.shape != (self.channels, self.h, self.w):
                 raise InputError(f"{name} are {a.shape}, expected {(self.channels, self.h, self.w)}")

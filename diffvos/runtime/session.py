@@ -39,14 +39,16 @@ from diffvos.errors import (
 from diffvos.runtime.attention import AttentionPropagator, propagator_for
 from diffvos.runtime.backends import loaders_for
 from diffvos.runtime.engine import Engine, Loader
-from diffvos.runtime.features import Features
+from diffvos.runtime.features import Features, Tensor
 from diffvos.runtime.objects import ObjectManager
-from diffvos.runtime.postprocess import labels_to_onehot, soft_to_labels
+from diffvos.runtime.postprocess import LabelSpec, labels_to_onehot
 from diffvos.runtime.propagation import Propagator
 from diffvos.runtime.threads import ThreadPlan, plan_threads
 
 if TYPE_CHECKING:
     from diffvos.runtime.batch import StreamStep
+    from diffvos.runtime.device_step import GraphPropagator
+    from diffvos.runtime.graph_engines import GraphEngines
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class PendingStep:
     arguments and the prepared feature-graph input ``x_t`` [E, Cin, H, W]."""
 
     session: Session
-    x_t: np.ndarray
+    x_t: Tensor  # host array, or device tensor on the device step
     out: np.ndarray
     mask: np.ndarray | None
     new: list[int]  # object ids the mask adds
@@ -114,6 +116,19 @@ class Runtime:
         loaders = loaders or loaders_for(self.bundle, self.manifest, self.config)
         self.engines: dict[str, Engine] = {name: load() for name, load in loaders.items()}
         self.closed = False
+        self._graphs: GraphEngines | None = None
+        self._graphs_lock = threading.Lock()
+
+    @property
+    def graphs(self) -> GraphEngines:
+        """The graphs the runtime builds itself (propagation, input preparation), on the provider
+        the feature graph runs on; made at the first use, shared by the sessions."""
+        with self._graphs_lock:
+            if self._graphs is None:
+                from diffvos.runtime.graph_engines import GraphEngines, graph_backend
+
+                self._graphs = GraphEngines(graph_backend(self.provider), self.thread_plan)
+            return self._graphs
 
     @property
     def provider(self) -> str:
@@ -123,7 +138,8 @@ class Runtime:
     @property
     def notes(self) -> list[str]:
         """Lines for the user about providers that fell back (e.g. no GPU); empty when none did."""
-        return sorted({e.note for e in self.engines.values() if e.note})
+        own = self._graphs.notes if self._graphs is not None else []
+        return sorted({e.note for e in self.engines.values() if e.note} | set(own))
 
     @property
     def info(self) -> RuntimeInfo:
@@ -180,12 +196,16 @@ class Session:
         self.config = config or SessionConfig()
         self.width, self.height = int(width), int(height)
         self.thread_plan = runtime.thread_plan
+        # the device step: propagation graph and feature map on the feature graph's device
+        self.graphs = runtime.graphs if self.config.propagation.propagation_kernel == "graph" else None
+        self.device = self.graphs.device_io() if self.graphs is not None else None  # counts bytes moved
         self.features = Features(runtime.manifest, runtime.engines, self.config.seed, self.config.fresh_noise,
-                                 self.config.inversion_steps)
+                                 self.config.inversion_steps, device=self.device, graphs=self.graphs)
         self.grid = self.features.grid_size((self.height, self.width))  # a dynamic bundle's range -> InputError
         self.scaled = self.features.input_size((self.height, self.width))
+        self.labels = LabelSpec(self.features.stride, self.scaled)
         self.objects = ObjectManager()
-        self.propagator: Propagator | AttentionPropagator | None = None
+        self.propagator: Propagator | AttentionPropagator | GraphPropagator | None = None
         self.timings: dict[str, float] = {}
         self.frames = 0
         self.closed = False
@@ -245,51 +265,54 @@ class Session:
             finally:
                 pending.open = False
 
-    def finish(self, pending: PendingStep, features: np.ndarray, features_ms: float = 0.0) -> np.ndarray:
+    def finish(self, pending: PendingStep, features: Tensor, features_ms: float = 0.0) -> np.ndarray:
         """Phase 3 of a step: propagate ``features`` [C, h, w] (this frame's, from the feature
-        graph run on ``pending.x_t``), write and return the label map. ``features_ms``: the
-        graph call's time, for :attr:`timings`."""
+        graph run on ``pending.x_t``; a device tensor on the device step), write and return the
+        label map. ``features_ms``: the graph call's time, for :attr:`timings` (with the graph
+        kernel the label map is made in the propagation run: ``propagate_ms`` covers it and
+        ``postprocess_ms`` is what the host does after)."""
         if pending.session is not self or not pending.open:
             raise InputError("finish() takes a pending step of this session, inside its begin() block, once")
         pending.open = False
         out, mask, new = pending.out, pending.mask, pending.new
         t1 = time.perf_counter()
         if not new:
-            soft = self.propagator.step(features)
-            t2 = time.perf_counter()
-            soft_to_labels(soft, self.features.stride, out.shape, self.scaled, self.objects.lut, out)
+            propagate_ms, postprocess_ms = self.propagator.step_to_labels(features, self.labels, self.objects.lut,
+                                                                          out, pending.probs)
         else:  # new objects: their labels come (partly) from the mask, timed with the propagation
             soft = self._start(features, mask, new, out) if self.propagator is None else \
                 self._add(features, mask, new, out)
             t2 = time.perf_counter()
-        if pending.probs is not None:
-            np.copyto(pending.probs, soft)
+            if pending.probs is not None:
+                np.copyto(pending.probs, soft)
+            propagate_ms, postprocess_ms = (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3
         t3 = time.perf_counter()
         self.frames += 1
-        self.timings = {**self.features.timings, "features_ms": features_ms, "propagate_ms": (t2 - t1) * 1e3,
-                        "postprocess_ms": (t3 - t2) * 1e3, "total_ms": (t3 - pending.t0) * 1e3}
+        self.timings = {**self.features.timings, "features_ms": features_ms, "propagate_ms": propagate_ms,
+                        "postprocess_ms": postprocess_ms, "total_ms": (t3 - pending.t0) * 1e3}
         return out
 
-    def _start(self, feats: np.ndarray, mask: np.ndarray, new: list[int], out: np.ndarray) -> np.ndarray:
+    def _start(self, feats: Tensor, mask: np.ndarray, new: list[int], out: np.ndarray) -> np.ndarray:
         """First frame: the memory starts from the given mask, which is also the frame's output."""
         channels = self.objects.channels(mask, new)
         c, h, w = feats.shape
         onehot = labels_to_onehot(channels, (h, w), len(new) + 1)
         self.propagator = propagator_for(self.features.manifest.affinity, c, h, w, len(new) + 1,
-                                         self.config.propagation)
+                                         self.config.propagation, graphs=self.graphs, labels=self.labels,
+                                         out_hw=out.shape, io=self.device)
         self.propagator.start(feats, onehot)
         self.objects.add(new)
         self.frames = 0
         np.take(self.objects.lut, channels, out=out)
         return onehot
 
-    def _add(self, feats: np.ndarray, mask: np.ndarray, new: list[int], out: np.ndarray) -> np.ndarray:
+    def _add(self, feats: Tensor, mask: np.ndarray, new: list[int], out: np.ndarray) -> np.ndarray:
         """Objects appearing mid-video: the frame is predicted for the tracked objects, the new
         objects' annotation overrides the prediction where it marks them, and the frame is
         remembered once, with the combined mask (the new channels are zero in older frames)."""
         channels = self.objects.channels(mask, new)
         soft = self.propagator.predict(feats)
-        soft_to_labels(soft, self.features.stride, out.shape, self.scaled, self.objects.lut, out)
+        self.labels.write(soft, self.objects.lut, out)
         np.copyto(out, mask, where=channels > 0)
         k_old, k_new = len(self.objects), len(self.objects) + len(new)
         onehot = labels_to_onehot(channels, soft.shape[1:], k_new + 1)
