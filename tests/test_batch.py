@@ -13,7 +13,7 @@ import diffvos
 from diffvos.bundle import FEATURES_GRAPH, read_manifest
 from diffvos.errors import InputError, InvalidBufferError, NotStartedError
 from diffvos.export.toy import make_toy_bundle
-from diffvos.runtime.batch import StreamStep, step_many
+from diffvos.runtime.session import StreamStep, step_many
 from diffvos.sample_clip import moving_squares
 
 H, W = 64, 96

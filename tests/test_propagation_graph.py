@@ -19,7 +19,7 @@ from diffvos.bundle import Affinity
 from diffvos.config import PropagationConfig
 from diffvos.errors import InputError
 from diffvos.export.toy import make_toy_bundle
-from diffvos.runtime.attention import AttentionPropagator, propagator_for
+from diffvos.runtime.attention import AttentionPropagator
 from diffvos.runtime.device import DeviceTensor
 from diffvos.runtime.device_step import GraphPropagator
 from diffvos.runtime.features import Features
@@ -33,7 +33,13 @@ from diffvos.runtime.postprocess import (
     upsample_bilinear,
 )
 from diffvos.runtime.propagation import Propagator, parse_mag_filter
-from diffvos.runtime.propagation_graph import GraphSpec, key_blocks, labels_model, propagation_model
+from diffvos.runtime.propagation_graph import (
+    GraphSpec,
+    key_blocks,
+    labels_model,
+    propagation_model,
+)
+from diffvos.runtime.propagators import propagator_for
 from diffvos.runtime.threads import ThreadPlan, plan_threads
 from diffvos.sample_clip import moving_squares
 

@@ -123,7 +123,11 @@ def compare_kernels(feats: np.ndarray, masks: np.ndarray, cfg: PropagationConfig
     from diffvos.runtime.device_step import GraphPropagator
     from diffvos.runtime.graph_engines import GraphEngines
     from diffvos.runtime.postprocess import LabelSpec
-    from diffvos.runtime.propagation_graph import GraphSpec, propagation_model, scored_pairs
+    from diffvos.runtime.propagation_graph import (
+        GraphSpec,
+        propagation_model,
+        scored_pairs,
+    )
     from diffvos.runtime.threads import plan_threads
 
     n, c, h, w = feats.shape

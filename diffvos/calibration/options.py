@@ -4,12 +4,9 @@ Python API read them here). Import-light: the CLI builds its parser from this mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from diffvos.config import SessionConfig
-
-if TYPE_CHECKING:
-    from diffvos.calibration.quantize import QuantConfig
 
 METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("tensorrt", "cpu")
@@ -31,6 +28,37 @@ class GateLimits:
 
     def as_dict(self) -> dict[str, float]:
         return {"min_iou": self.min_iou, "max_jf_drop": self.max_jf_drop, "noise_level": self.noise_level}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantise and how. ``op_types=None`` means every op type ONNX Runtime can quantise.
+
+    Every field is explicit per candidate: ``keep_first_last`` once defaulted to True, so a
+    candidate built without it silently kept the first and last conv float (issue 14)."""
+
+    name: str = "conv"
+    op_types: tuple[str, ...] | None = ("Conv",)
+    exclude: tuple[str, ...] = ()  # node names kept in float
+    keep_first_last: bool = False  # also keep the first and the last Conv in float
+    per_channel: bool = True
+    target: str = "tensorrt"
+
+    @property
+    def placement(self) -> str:
+        """Where the Q/DQ pairs go: TensorRT's placement for tensorrt, ONNX Runtime's default for cpu."""
+        return "inputs" if self.target == "tensorrt" else "inputs+outputs"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "op_types": list(self.op_types) if self.op_types else "all",
+            "excluded_nodes": list(self.exclude),
+            "keep_first_last_conv": self.keep_first_last,
+            "per_channel": self.per_channel,
+            "target": self.target,
+            "placement": self.placement,
+        }
 
 
 @dataclass

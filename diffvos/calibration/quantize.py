@@ -33,38 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from diffvos.calibration.options import METHODS, TARGETS
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """What to quantise and how. ``op_types=None`` means every op type ONNX Runtime can quantise.
-
-    Every field is explicit per candidate: ``keep_first_last`` once defaulted to True, so a
-    candidate built without it silently kept the first and last conv float (issue 14)."""
-
-    name: str = "conv"
-    op_types: tuple[str, ...] | None = ("Conv",)
-    exclude: tuple[str, ...] = ()  # node names kept in float
-    keep_first_last: bool = False  # also keep the first and the last Conv in float
-    per_channel: bool = True
-    target: str = "tensorrt"
-
-    @property
-    def placement(self) -> str:
-        """Where the Q/DQ pairs go: TensorRT's placement for tensorrt, ONNX Runtime's default for cpu."""
-        return "inputs" if self.target == "tensorrt" else "inputs+outputs"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "op_types": list(self.op_types) if self.op_types else "all",
-            "excluded_nodes": list(self.exclude),
-            "keep_first_last_conv": self.keep_first_last,
-            "per_channel": self.per_channel,
-            "target": self.target,
-            "placement": self.placement,
-        }
+from diffvos.calibration.options import METHODS, TARGETS, QuantConfig
 
 
 def candidate_configs(target: str = "tensorrt", exclude: Sequence[str] = ()) -> list[QuantConfig]:

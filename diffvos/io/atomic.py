@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from diffvos.errors import OutputError
+from diffvos.io.locks import OutputLock
 
 
 def current_umask() -> int:
@@ -80,8 +81,6 @@ def staged_directory(final: str | Path, force: bool = False) -> Iterator[Path]:
     On any exception the staging directory is removed and ``final`` is left untouched, so a
     failed export never leaves a half-written bundle.
     """
-    from diffvos.io.outputs import OutputLock  # the policy module builds on this one
-
     final = prepare_output_dir(final, force).absolute()
     check_writable_dir(final.parent)
     with OutputLock(final):  # one writer at a time (re-entrant: a command may hold it already)

@@ -13,9 +13,8 @@ eval's CSV, overlays): user data is never overwritten, mixed or lost.
   fingerprints, the options, frames done and whether the run completed, so ``--resume`` and a
   later ``eval`` can check what the folder holds.
 
-``filelock`` (a well-kept library) was considered for the lock; it leaves its lock files behind
-after release, and this policy promises that nothing of a run survives but its outputs, so the
-lock here is the small ``flock`` + unlink-before-unlock scheme (re-checked inode on acquire).
+The lock is :class:`~diffvos.io.locks.OutputLock` (its own module: the staged writes of
+:mod:`diffvos.io.atomic` take it too).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +33,11 @@ from typing import Any, Iterator, Mapping
 
 from diffvos.errors import OutputError
 from diffvos.io.atomic import current_umask, swap_in, write_text_atomic
+from diffvos.io.locks import OutputLock, real_path
 
 RUN_MANIFEST = ".diffvos-run.json"  # hidden: a mask folder stays one PNG per frame for other tools
-LOCK_SUFFIX = ".diffvos-lock"
 RUN_SCHEMA = 1
 _SAVE_EVERY_S = 1.0  # a run's manifest is rewritten at most this often while frames are written
-
-
-def _real(path: str | Path) -> Path:
-    return Path(os.path.realpath(Path(path).expanduser()))
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -62,11 +56,11 @@ def check_apart(outputs: Mapping[str, str | Path | None], inputs: Mapping[str, s
     for oname, out in outputs.items():
         if out is None:
             continue
-        ro = _real(out)
+        ro = real_path(out)
         for iname, inp in inputs.items():
             if inp is None:
                 continue
-            ri = _real(inp)
+            ri = real_path(inp)
             if ro == ri or _same_file(ro, ri):
                 why = f"is the {iname} input {inp}: writing it would destroy the input"
             elif ro in ri.parents:
@@ -79,100 +73,6 @@ def check_apart(outputs: Mapping[str, str | Path | None], inputs: Mapping[str, s
 
 
 # --- one writer per output ----------------------------------------------------------------------------
-
-
-class OutputLock:
-    """An exclusive lock on one output path, taken without waiting.
-
-    Re-entrant within a process (a command holding the lock may call code that takes it again).
-    """
-
-    _held: dict[Path, list] = {}  # lock path -> [fd, count]
-    _guard = threading.Lock()
-
-    def __init__(self, target: str | Path) -> None:
-        self.target = Path(target)
-        real = _real(self.target)
-        self.path = real.parent / f".{real.name}{LOCK_SUFFIX}"
-
-    def acquire(self) -> None:
-        with self._guard:
-            held = self._held.get(self.path)
-            if held is not None:
-                held[1] += 1
-                return
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OutputError(f"cannot create the output's folder ({exc.strerror})", self.path.parent) from exc
-            self._held[self.path] = [self._lock_file(), 1]
-
-    def _lock_file(self) -> int:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: an exclusive create is the lock
-            fcntl = None
-        for _ in range(50):
-            flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if fcntl is None else 0)
-            try:
-                fd = os.open(self.path, flags, 0o644)
-            except FileExistsError:
-                self._busy(None)
-            except OSError as exc:
-                raise OutputError(f"cannot create a lock file beside the output ({exc.strerror})", self.target) from exc
-            if fcntl is None:
-                return self._stamp(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self._busy(fd)
-            try:  # the holder before us unlinks the file before unlocking: is ours still the one there?
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    return self._stamp(fd)
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        raise OutputError("cannot take the output's lock (it keeps changing)", self.target)
-
-    def _busy(self, fd: int | None) -> None:
-        who = ""
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a lock written by another tool
-            info = json.loads(self.path.read_text() or "{}")
-            who = f" (pid {info['pid']}, {info['command']}, since {info['since']})"
-        if fd is not None:
-            os.close(fd)
-        raise OutputError(f"another diffvos run is writing this output{who}; wait for it to finish or choose "
-                          f"another output (lock file {self.path})", self.target)
-
-    @staticmethod
-    def _stamp(fd: int) -> int:
-        import sys
-
-        info = {"pid": os.getpid(), "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv[:2])),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
-        return fd
-
-    def release(self) -> None:
-        with self._guard:
-            held = self._held.get(self.path)
-            if held is None:
-                return
-            held[1] -= 1
-            if held[1]:
-                return
-            del self._held[self.path]
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)  # before unlocking: a waiter then re-checks the inode
-            os.close(held[0])  # closing the last descriptor drops the flock
-
-    def __enter__(self) -> OutputLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 # --- kinds and emptiness ------------------------------------------------------------------------------
@@ -273,12 +173,12 @@ def fingerprint(path: str | Path | None) -> dict[str, Any] | None:
             with contextlib.suppress(OSError):
                 st = q.stat()
                 h.update(f"{q.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return {"path": str(_real(p)), "listing_sha256": h.hexdigest()}
+        return {"path": str(real_path(p)), "listing_sha256": h.hexdigest()}
     st = p.stat()
     if st.st_size <= 64 << 20:
         h.update(p.read_bytes())
-        return {"path": str(_real(p)), "size": st.st_size, "sha256": h.hexdigest()}
-    return {"path": str(_real(p)), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return {"path": str(real_path(p)), "size": st.st_size, "sha256": h.hexdigest()}
+    return {"path": str(real_path(p)), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 @dataclass

@@ -34,7 +34,12 @@ import numpy as np
 from diffvos.errors import InputError
 from diffvos.runtime.device import DeviceIO, DeviceTensor
 from diffvos.runtime.graph_engines import GraphEngines
-from diffvos.runtime.memory import RingBank, RingIndex, drop_mask_channel, grow_mask_channels
+from diffvos.runtime.memory import (
+    RingBank,
+    RingIndex,
+    drop_mask_channel,
+    grow_mask_channels,
+)
 from diffvos.runtime.postprocess import LabelSpec, nearest_indices
 from diffvos.runtime.propagation_graph import GraphSpec
 

@@ -175,7 +175,7 @@ def propagation_model(spec: GraphSpec) -> Any:
     MAG-Filter.
     """
     g = GraphBuilder()
-    h, w, hw = spec.h, spec.w, spec.h * spec.w
+    h, w = spec.h, spec.w
     g.input("query", np.float32, [1, spec.query_channels, h, w])
     g.input("bank_features", spec.bank_dtype, ["slots", h, w, spec.bank_channels])
     g.input("bank_masks", np.float32, ["slots", h, w, "classes"])

@@ -19,8 +19,7 @@ import numpy as np
 
 from diffvos.config import SessionConfig
 from diffvos.errors import DiffvosError, InputError, NoSuchObjectError, NotStartedError
-from diffvos.runtime.batch import StreamStep
-from diffvos.runtime.session import Runtime, Session
+from diffvos.runtime.session import Runtime, Session, StreamStep
 from diffvos.serve.protocol import (
     FRAME,
     INTERNAL,
