@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from diffvos.runtime.ort_engine import ORT_TYPES
+
 
 @dataclass(frozen=True, eq=False)
 class DeviceTensor:
@@ -107,10 +109,11 @@ class DeviceIO:
         array = np.ascontiguousarray(array, dtype=tensor.dtype)
         if array.shape != tensor.shape:
             raise ValueError(f"writing {array.shape} into a device tensor of shape {tensor.shape}")
-        binding = self.copier(tensor.dtype).io_binding()
+        engine = self.copier(tensor.dtype)
+        binding = engine.io_binding()
         binding.bind_cpu_input("x", array)
         self.bind(binding, "y", tensor, output=True)
-        self.copier(tensor.dtype).run_binding(binding)
+        engine.run_binding(binding)
         self._count(up=array.nbytes)
 
     def copy(self, dst: DeviceTensor, src: DeviceTensor) -> None:
@@ -174,12 +177,5 @@ class DeviceIO:
 
     def tensor(self, value: Any) -> DeviceTensor:
         """An ``OrtValue`` on this device as a :class:`DeviceTensor`."""
-        return DeviceTensor(self, value, tuple(value.shape()), np.dtype(_numpy_type(value.data_type())))
+        return DeviceTensor(self, value, tuple(value.shape()), np.dtype(ORT_TYPES[value.data_type()]))
 
-
-_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
-          "tensor(int32)": np.int32, "tensor(int64)": np.int64}
-
-
-def _numpy_type(onnx_type: str) -> type:
-    return _TYPES[onnx_type]
