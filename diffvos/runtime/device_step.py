@@ -156,12 +156,19 @@ class GraphPropagator:
     def _store(self, slot: int, features: np.ndarray | DeviceTensor, mask: np.ndarray) -> None:
         """Write a frame's bank entry (the first-frame graph: normalised features, or keys) and its
         mask (K+1, h, w) into ``slot``."""
-        if mask.shape != (self.num_classes, self.h, self.w):
-            raise InputError(f"mask is {mask.shape}, expected {(self.num_classes, self.h, self.w)}")
+        self._check_mask(mask)
         binding = self.remember_engine.io_binding()
         self._bind_query(binding, features)
         self.io.bind(binding, "features", self.bank.features[slot].reshape(*self.staged_features.shape), output=True)
         self.remember_engine.run_binding(binding)
+        self._write_mask(slot, mask)
+
+    def _check_mask(self, mask: np.ndarray) -> None:
+        if mask.shape != (self.num_classes, self.h, self.w):
+            raise InputError(f"mask is {mask.shape}, expected {(self.num_classes, self.h, self.w)}")
+
+    def _write_mask(self, slot: int, mask: np.ndarray) -> None:
+        """A (K+1, h, w) mask into the bank slot, in the bank's (h, w, K+1) layout (uploaded)."""
         self.io.write(self.bank.masks[slot].reshape(*self.staged_mask.shape),
                       np.moveaxis(mask.astype(np.float32, copy=False), 0, -1)[None])
 
@@ -179,11 +186,9 @@ class GraphPropagator:
         self._predicted = False
         if self.spec.capacity == 0:
             return
-        if mask.shape != (self.num_classes, self.h, self.w):
-            raise InputError(f"mask is {mask.shape}, expected {(self.num_classes, self.h, self.w)}")
+        self._check_mask(mask)
         slot = self.bank.ring.target
-        self.io.write(self.bank.masks[slot].reshape(*self.staged_mask.shape),
-                      np.moveaxis(mask.astype(np.float32, copy=False), 0, -1)[None])
+        self._write_mask(slot, mask)
         self.io.copy(self.bank.features[slot].reshape(*self.staged_features.shape), self.staged_features)
         self.bank.ring.advance()
 
