@@ -244,9 +244,9 @@ def verdict(ref: Reference, ious: np.ndarray, jf: float | None, limits: GateLimi
     limit = limits.min_iou if clip.role == "heldout" else limits.iou_limit(floor)
     mean = float(ious.mean()) if ious.size else 1.0
     delta = None if jf is None or ref.jf is None else jf - ref.jf
-    ok = mean >= limit and (delta is None or delta >= -limits.max_jf_drop)
     return MaskCheck(video=clip.video, frames=int(ious.size), objects=len(clip.object_ids), mean_iou=mean,
-                     min_iou=float(ious.min()) if ious.size else 1.0, iou_limit=limit, passed=bool(ok),
+                     min_iou=float(ious.min()) if ious.size else 1.0, iou_limit=limit,
+                     passed=limits.passes(mean, limit, delta),
                      noise_floor_iou=floor, jf_fp32=ref.jf, jf=jf, jf_delta=delta, role=clip.role, mask=clip.mask)
 
 
@@ -276,6 +276,6 @@ def pooled(refs: Sequence[Reference], results: Sequence[tuple[np.ndarray, float 
     limit = limits.iou_limit(floor)
     mean = float(ious.mean()) if ious.size else 1.0
     delta = float(np.mean(deltas)) if deltas else None
-    ok = mean >= limit and (delta is None or delta >= -limits.max_jf_drop)
-    return {"mean_iou": mean, "iou_limit": limit, "noise_floor_iou": floor, "jf_delta": delta, "passed": bool(ok)}
+    return {"mean_iou": mean, "iou_limit": limit, "noise_floor_iou": floor, "jf_delta": delta,
+            "passed": limits.passes(mean, limit, delta)}
 
