@@ -190,7 +190,8 @@ def prune(model: Any) -> tuple[Any, int]:
     unused = [i for i in g.initializer if i.name not in needed]
     for init in unused:
         g.initializer.remove(init)
-    stale = [v for v in g.value_info if v.name not in needed and not any(v.name in n.output for n in g.node)]
+    produced = {o for n in g.node for o in n.output}
+    stale = [v for v in g.value_info if v.name not in needed and v.name not in produced]
     for v in stale:
         g.value_info.remove(v)
     return model, removed
