@@ -46,8 +46,14 @@ class DeviceTensor:
         """Row ``index`` of the leading axis (a view, no copy)."""
         if not isinstance(index, (int, np.integer)) or not 0 <= index < self.shape[0]:
             raise IndexError(f"row {index!r} of a device tensor of shape {self.shape}")
+        return self.rows(int(index), int(index) + 1).reshape(*self.shape[1:])
+
+    def rows(self, start: int, stop: int) -> DeviceTensor:
+        """Rows ``start:stop`` of the leading axis (a view, no copy)."""
+        if not 0 <= start <= stop <= self.shape[0]:
+            raise IndexError(f"rows {start}:{stop} of a device tensor of shape {self.shape}")
         row = self.nbytes // self.shape[0]
-        return DeviceTensor(self.io, self.value, self.shape[1:], self.dtype, self.offset + int(index) * row)
+        return DeviceTensor(self.io, self.value, (stop - start, *self.shape[1:]), self.dtype, self.offset + start * row)
 
     def reshape(self, *shape: int) -> DeviceTensor:
         if int(np.prod(shape)) != int(np.prod(self.shape)):
@@ -152,8 +158,7 @@ class DeviceIO:
         out = self.empty((sum(t.shape[0] for t in tensors), *first.shape[1:]), first.dtype)
         row = 0
         for t in tensors:
-            view = DeviceTensor(self, out.value, t.shape, t.dtype, row * (t.nbytes // t.shape[0]))
-            self.copy(view, t)
+            self.copy(out.rows(row, row + t.shape[0]), t)
             row += t.shape[0]
         return out
 

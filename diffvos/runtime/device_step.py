@@ -72,11 +72,6 @@ class DeviceBank(RingBank):
         return self.io.download(self.masks)
 
 
-def prefix(tensor: DeviceTensor, n: int) -> DeviceTensor:
-    """The first ``n`` slots of a bank tensor (a view)."""
-    return DeviceTensor(tensor.io, tensor.value, (n, *tensor.shape[1:]), tensor.dtype, tensor.offset)
-
-
 class GraphPropagator:
     """The propagator interface over the propagation graph with the bank on the device.
 
@@ -242,8 +237,8 @@ class GraphPropagator:
         filled = len(bank)
         binding = self.engine.io_binding()
         self._bind_query(binding, features)
-        io.bind(binding, "bank_features", prefix(bank.features, filled))
-        io.bind(binding, "bank_masks", prefix(bank.masks, filled))
+        io.bind(binding, "bank_features", bank.features.rows(0, filled))
+        io.bind(binding, "bank_masks", bank.masks.rows(0, filled))
         if self._weights is not None:
             io.bind(binding, "head_weights", self._weights)
         if spec.labels is not None:
