@@ -347,6 +347,25 @@ def test_session_kernel_choice_and_tracking(noisy_bundle):
     assert isinstance(tiny.propagator, Propagator)
 
 
+def test_a_closed_runtime_lets_go_of_its_graphs(noisy_bundle):
+    """Runtime.close releases the graphs the runtime built as it releases the bundle's engines: once
+    its sessions are closed and gone, nothing keeps them (the closed Runtime object may live on)."""
+    import gc
+    import weakref
+
+    runtime = diffvos.Runtime(noisy_bundle, backend="cpu")
+    frames, truths = moving_squares(3)
+    session = runtime.session(frames[0].shape[1], frames[0].shape[0])
+    session.step(frames[0], mask=truths[0])
+    session.step(frames[1])
+    graphs = weakref.ref(session.graphs)
+    session.close()
+    del session
+    runtime.close()
+    gc.collect()
+    assert graphs() is None
+
+
 def test_graph_engines_use_the_runtime_thread_plan():
     built = []
 
