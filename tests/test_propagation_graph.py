@@ -347,6 +347,25 @@ def test_session_kernel_choice_and_tracking(noisy_bundle):
     assert isinstance(tiny.propagator, Propagator)
 
 
+def test_a_closed_runtime_lets_go_of_its_graphs(noisy_bundle):
+    """Runtime.close releases the graphs the runtime built as it releases the bundle's engines: once
+    its sessions are closed and gone, nothing keeps them (the closed Runtime object may live on)."""
+    import gc
+    import weakref
+
+    runtime = diffvos.Runtime(noisy_bundle, backend="cpu")
+    frames, truths = moving_squares(3)
+    session = runtime.session(frames[0].shape[1], frames[0].shape[0])
+    session.step(frames[0], mask=truths[0])
+    session.step(frames[1])
+    graphs = weakref.ref(session.graphs)
+    session.close()
+    del session
+    runtime.close()
+    gc.collect()
+    assert graphs() is None
+
+
 def test_graph_engines_use_the_runtime_thread_plan():
     built = []
 
@@ -367,3 +386,36 @@ def test_graph_engines_use_the_runtime_thread_plan():
     propagator_for(Affinity(kind="features"), 4, 3, 5, 2, cfg, graphs=graphs)
     assert graphs.built["propagation"] == 1  # shared by every session with the same settings
     assert isinstance(propagator_for(Affinity(kind="features"), 4, 3, 5, 2, cfg), Propagator)  # no graphs
+
+
+def test_a_graph_being_built_does_not_hold_up_built_engines():
+    """One session building its propagation graph must not stall the copies (looked up per frame)
+    of streams already running: a built engine comes back while another build is under way."""
+    import threading
+
+    from diffvos.runtime.ort_engine import OrtLoader
+
+    building, release = threading.Event(), threading.Event()
+
+    def loader(model, backend, plan):
+        if b"diffvos_propagation" in model:
+            building.set()
+            assert release.wait(10), "the test never released the build"
+        return OrtLoader(None, backend="cpu", plan=plan, model=model)()
+
+    graphs = GraphEngines("cpu", ThreadPlan(intra_op=1, blas_threads=1, spinning=False), loader=loader)
+    copier = graphs.copier(np.float32)
+    spec = GraphSpec(3, 5, 4, capacity=1, radius=1, topk=3)
+    builder = threading.Thread(target=graphs.propagation, args=(spec,))
+    builder.start()
+    try:
+        assert building.wait(10)
+        got: list = []
+        lookup = threading.Thread(target=lambda: got.append(graphs.copier(np.float32)))
+        lookup.start()
+        lookup.join(5)
+        assert got == [copier]  # returned while the build still holds the cache's lock
+    finally:
+        release.set()
+        builder.join(10)
+    assert graphs.built == {"copy": 1, "propagation": 1}

@@ -68,16 +68,14 @@ from diffvos.calibration.quantize import (
     op_types_to_calibrate,
     quantize_graph,
 )
-from diffvos.calibration.report import feature_agreement, format_report
+from diffvos.calibration.report import format_report, graph_agreement
 from diffvos.calibration.search import MixedPrecisionSearch
 from diffvos.calibration.sensitivity import keep_float_table, ranking, spread
 from diffvos.calibration.speed import cpu_speed
 from diffvos.calibration.trt_cache import write_cache
 from diffvos.errors import BundleError, InputError
 from diffvos.io.atomic import prepare_output_dir, staged_directory
-from diffvos.runtime.engine import Engine
 from diffvos.runtime.features import Features
-from diffvos.runtime.ort_engine import OrtLoader
 from diffvos.runtime.session import Runtime
 
 TRT_CACHE_NAME = "calibration.cache"
@@ -103,17 +101,6 @@ def heldout_pairs(features: Features, frames: Iterator[np.ndarray]) -> list[tupl
         for bgr in frames:
             features(bgr)
     return pairs
-
-
-def evaluate(path: Path, inputs: list[np.ndarray], refs: list[np.ndarray], threads: int) -> dict[str, Any]:
-    """Feature agreement of the graph at ``path`` with the FP32 references, on the CPU."""
-    engine: Engine = OrtLoader(path, backend="cpu", threads=threads)()
-    try:
-        name = engine.inputs[0].name
-        outs = [next(iter(engine.infer({name: x}).values())) for x in inputs]
-    finally:
-        engine.close()
-    return feature_agreement(refs, outs)
 
 
 def _gate_clips(frames: Sequence[str | Path], pool: FramePool, calib_idx: Sequence[int],
@@ -217,7 +204,7 @@ def calibrate_bundle(bundle: str | Path, frames: Sequence[str | Path], output: s
         unique = distinct(candidates)
         for cand in unique:
             model = load(cand.path)
-            acc = evaluate(cand.path, hx, hrefs, opts.threads)
+            acc = graph_agreement(cand.path, hx, hrefs, opts.threads)
             qdq = check_tensorrt(model)
             cand.facts = {"int8_flop_fraction": int8_flop_fraction(costs, quantised_nodes(model)),
                           "min_cosine": acc["min_cosine"], "mean_cosine": acc["mean_cosine"],
@@ -271,7 +258,7 @@ def calibrate_bundle(bundle: str | Path, frames: Sequence[str | Path], output: s
         qdq = check_tensorrt(final_model)
 
         log(f"held-out features ({len(hx)} frames) ...")
-        accuracy = evaluate(final, hx, hrefs, opts.threads)
+        accuracy = graph_agreement(final, hx, hrefs, opts.threads)
         log(f"mask gate on {len(final_clips)} video(s) through Session.step ...")
         candidate_rt = cpu_runtime(bundle, manifest, opts.threads, features=final, share=fp32)
         checks = []

@@ -30,8 +30,8 @@ from diffvos.bundle import FEATURES_GRAPH, VAE_GRAPH, Manifest, MaskCheck
 from diffvos.calibration.options import GateLimits
 from diffvos.config import RuntimeConfig, SessionConfig
 from diffvos.errors import InputError
-from diffvos.evaluation.davis import Report, evaluate_masks, mean_object_iou
-from diffvos.io.frames import natural_key, open_frames
+from diffvos.evaluation.davis import Report, evaluate_masks, mask_files, mean_object_iou
+from diffvos.io.frames import open_frames
 from diffvos.io.masks import check_mask_size, read_label_map, read_mask
 from diffvos.runtime.backends import loaders_for
 from diffvos.runtime.engine import Engine, EngineBase, Loader
@@ -65,11 +65,6 @@ def grid_mask(height: int, width: int, rows: int = GRID[0], cols: int = GRID[1])
     return (r[:, None] * cols + c[None, :] + 1).astype(np.uint8)
 
 
-def _mask_files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()),
-                  key=lambda p: natural_key(p.name))
-
-
 def open_clip(video: str | Path, mask: str | Path | None, max_frames: int = 0, unscored: Sequence[int] = (),
               role: str = "heldout") -> Clip:
     """A clip of ``video`` (a video file or frame folder). ``mask``: the first frame's mask (PNG),
@@ -84,7 +79,7 @@ def open_clip(video: str | Path, mask: str | Path | None, max_frames: int = 0, u
     else:
         path = Path(mask)
         if path.is_dir():
-            files = _mask_files(path)
+            files = mask_files(path)
             if not files:
                 raise InputError("no PNG masks in this folder", path)
             if len(files) > 1:
@@ -244,9 +239,9 @@ def verdict(ref: Reference, ious: np.ndarray, jf: float | None, limits: GateLimi
     limit = limits.min_iou if clip.role == "heldout" else limits.iou_limit(floor)
     mean = float(ious.mean()) if ious.size else 1.0
     delta = None if jf is None or ref.jf is None else jf - ref.jf
-    ok = mean >= limit and (delta is None or delta >= -limits.max_jf_drop)
     return MaskCheck(video=clip.video, frames=int(ious.size), objects=len(clip.object_ids), mean_iou=mean,
-                     min_iou=float(ious.min()) if ious.size else 1.0, iou_limit=limit, passed=bool(ok),
+                     min_iou=float(ious.min()) if ious.size else 1.0, iou_limit=limit,
+                     passed=limits.passes(mean, limit, delta),
                      noise_floor_iou=floor, jf_fp32=ref.jf, jf=jf, jf_delta=delta, role=clip.role, mask=clip.mask)
 
 
@@ -276,6 +271,6 @@ def pooled(refs: Sequence[Reference], results: Sequence[tuple[np.ndarray, float 
     limit = limits.iou_limit(floor)
     mean = float(ious.mean()) if ious.size else 1.0
     delta = float(np.mean(deltas)) if deltas else None
-    ok = mean >= limit and (delta is None or delta >= -limits.max_jf_drop)
-    return {"mean_iou": mean, "iou_limit": limit, "noise_floor_iou": floor, "jf_delta": delta, "passed": bool(ok)}
+    return {"mean_iou": mean, "iou_limit": limit, "noise_floor_iou": floor, "jf_delta": delta,
+            "passed": limits.passes(mean, limit, delta)}
 

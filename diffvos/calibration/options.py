@@ -26,6 +26,10 @@ class GateLimits:
         lower (held-out videos get ``min_iou`` itself: :mod:`diffvos.calibration.mask_gate`)."""
         return self.min_iou if floor is None else min(self.min_iou, floor)
 
+    def passes(self, mean_iou: float, iou_limit: float, jf_delta: float | None) -> bool:
+        """The gate's rule: the IoU limit reached, and no more J&F lost than allowed where measured."""
+        return bool(mean_iou >= iou_limit and (jf_delta is None or jf_delta >= -self.max_jf_drop))
+
     def as_dict(self) -> dict[str, float]:
         return {"min_iou": self.min_iou, "max_jf_drop": self.max_jf_drop, "noise_level": self.noise_level}
 

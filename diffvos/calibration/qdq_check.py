@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from diffvos.calibration.qdq_graph import producer_map, reader_map
+
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -79,11 +81,7 @@ def check_tensorrt(model: Any) -> QdqReport:
     """Every place where ``model`` breaks TensorRT's explicit-quantization rules (see the module)."""
     g = model.graph
     consts = _constants(g)
-    readers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    producers = {o: n for n in g.node for o in n.output}
+    readers, producers = reader_map(g), producer_map(g)
     outputs = {o.name for o in g.output}
     report = QdqReport()
     bad = report.violations

@@ -59,11 +59,13 @@ def name_nodes(model: Any) -> Any:
     return model
 
 
-def _producers(graph: Any) -> dict[str, Any]:
+def producer_map(graph: Any) -> dict[str, Any]:
+    """Tensor name -> the node that outputs it."""
     return {o: n for n in graph.node for o in n.output}
 
 
-def _readers(graph: Any) -> dict[str, list[Any]]:
+def reader_map(graph: Any) -> dict[str, list[Any]]:
+    """Tensor name -> the nodes that read it, in graph order."""
     readers: dict[str, list[Any]] = {}
     for n in graph.node:
         for i in n.input:
@@ -96,7 +98,7 @@ def _quantised_inputs(node: Any) -> list[int]:
 def quantised_nodes(model: Any) -> set[str]:
     """Names of compute nodes whose inputs (data and weight) both come from DequantizeLinear."""
     g = model.graph
-    producers = _producers(g)
+    producers = producer_map(g)
     out = set()
     for n in g.node:
         ks = [k for k in _quantised_inputs(n) if k < len(n.input) and n.input[k]]
@@ -119,7 +121,7 @@ def keep_float(qdq_model: Any, float_model: Any, nodes: Iterable[str]) -> Any:
     if unknown:
         raise ValueError(f"no node named {', '.join(sorted(unknown))} in the graph")
     originals = {i.name: i for i in float_model.graph.initializer}
-    producers = _producers(g)
+    producers = producer_map(g)
     have = {i.name for i in g.initializer}
     for n in g.node:
         if n.name not in want:
@@ -147,8 +149,8 @@ def keep_float(qdq_model: Any, float_model: Any, nodes: Iterable[str]) -> Any:
 
 def _drop_unread_pairs(g: Any, kept: set[str]) -> None:
     """Bypass every activation Q/DQ pair that no INT8 compute node reads any more."""
-    producers = _producers(g)
-    readers = _readers(g)
+    producers = producer_map(g)
+    readers = reader_map(g)
     constants = _constants(g)
 
     def feeds_quantised(tensor: str, depth: int = 0) -> bool:
@@ -188,7 +190,8 @@ def prune(model: Any) -> tuple[Any, int]:
     unused = [i for i in g.initializer if i.name not in needed]
     for init in unused:
         g.initializer.remove(init)
-    stale = [v for v in g.value_info if v.name not in needed and not any(v.name in n.output for n in g.node)]
+    produced = {o for n in g.node for o in n.output}
+    stale = [v for v in g.value_info if v.name not in needed and v.name not in produced]
     for v in stale:
         g.value_info.remove(v)
     return model, removed

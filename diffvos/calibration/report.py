@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from diffvos.bundle import Calibration
 from diffvos.bundle.compare import compare
+from diffvos.runtime.engine import Engine
+from diffvos.runtime.ort_engine import OrtLoader
 
 SHOWN = 8  # sensitivity rows printed (all of them are in the manifest)
 
@@ -25,6 +27,19 @@ def feature_agreement(references: list[np.ndarray], candidates: list[np.ndarray]
         "max_rel_error": max(r.max_rel_error for r in rows),
         "max_abs_error": max(r.max_abs_error for r in rows),
     }
+
+
+def graph_agreement(path: Path, inputs: Sequence[np.ndarray], refs: Sequence[np.ndarray],
+                    threads: int = 0) -> dict[str, Any]:
+    """:func:`feature_agreement` of the graph at ``path`` (run on the CPU provider, then closed) with
+    the FP32 references."""
+    engine: Engine = OrtLoader(Path(path), backend="cpu", threads=threads)()
+    try:
+        name = engine.inputs[0].name
+        outs = [next(iter(engine.infer({name: x}).values())) for x in inputs]
+    finally:
+        engine.close()
+    return feature_agreement(list(refs), outs)
 
 
 def _pct(value: float | None) -> str:

@@ -16,20 +16,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from diffvos.bundle.compare import compare
 from diffvos.calibration.qdq_graph import NodeCost, derive
-from diffvos.runtime.ort_engine import OrtLoader
-
-
-def mean_cosine(path: Path, inputs: Sequence[np.ndarray], refs: Sequence[np.ndarray], threads: int) -> float:
-    """Mean over frames of the graph's output cosine against the FP32 references (CPU provider)."""
-    engine = OrtLoader(path, backend="cpu", threads=threads)()
-    try:
-        name = engine.inputs[0].name
-        return float(np.mean([compare(r, next(iter(engine.infer({name: x}).values()))).cosine
-                              for x, r in zip(inputs, refs)]))
-    finally:
-        engine.close()
+from diffvos.calibration.report import graph_agreement
 
 
 def keep_float_table(base: Any, float_model: Any, nodes: Sequence[str], costs: Sequence[NodeCost],
@@ -42,12 +30,12 @@ def keep_float_table(base: Any, float_model: Any, nodes: Sequence[str], costs: S
     by_name = {c.node: c for c in costs}
     path = work / "sensitivity.onnx"
     onnx.save(base, str(path))
-    base_cos = mean_cosine(path, inputs, refs, threads)
+    base_cos = graph_agreement(path, inputs, refs, threads)["mean_cosine"]
     t0 = time.perf_counter()
     rows = []
     for i, node in enumerate(nodes):
         onnx.save(derive(base, float_model, [node]), str(path))
-        cos = mean_cosine(path, inputs, refs, threads)
+        cos = graph_agreement(path, inputs, refs, threads)["mean_cosine"]
         c = by_name.get(node)
         rows.append({"node": node, "op": c.op if c else "", "kind": c.kind if c else "", "flops": c.flops if c else 0,
                      "cosine_kept_float": cos, "gain": cos - base_cos})

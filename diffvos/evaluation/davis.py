@@ -226,8 +226,11 @@ class Report:
         return rows
 
 
-def _frame_files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.glob("*.png") if p.is_file()), key=lambda p: natural_key(p.name))
+def mask_files(folder: Path) -> list[Path]:
+    """The PNG masks of a folder (any case of ``.png``; none when it does not exist), in natural
+    order: one per frame."""
+    return sorted((p for p in folder.glob("*") if p.suffix.lower() == ".png" and p.is_file()),
+                  key=lambda p: natural_key(p.name))
 
 
 def evaluate_masks(
@@ -278,7 +281,7 @@ def evaluate_sequence(
 ) -> list[ObjectScore]:
     """Score one sequence folder of predictions against its ground-truth folder, frame by frame."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    gt_files = _frame_files(gt_dir)
+    gt_files = mask_files(gt_dir)
     if len(gt_files) < 3:
         raise InputError(f"needs at least 3 ground-truth frames, found {len(gt_files)}", gt_dir)
     if not pred_dir.is_dir():

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from diffvos.runtime.ort_engine import ORT_TYPES
+
 
 @dataclass(frozen=True, eq=False)
 class DeviceTensor:
@@ -44,8 +46,14 @@ class DeviceTensor:
         """Row ``index`` of the leading axis (a view, no copy)."""
         if not isinstance(index, (int, np.integer)) or not 0 <= index < self.shape[0]:
             raise IndexError(f"row {index!r} of a device tensor of shape {self.shape}")
+        return self.rows(int(index), int(index) + 1).reshape(*self.shape[1:])
+
+    def rows(self, start: int, stop: int) -> DeviceTensor:
+        """Rows ``start:stop`` of the leading axis (a view, no copy)."""
+        if not 0 <= start <= stop <= self.shape[0]:
+            raise IndexError(f"rows {start}:{stop} of a device tensor of shape {self.shape}")
         row = self.nbytes // self.shape[0]
-        return DeviceTensor(self.io, self.value, self.shape[1:], self.dtype, self.offset + int(index) * row)
+        return DeviceTensor(self.io, self.value, (stop - start, *self.shape[1:]), self.dtype, self.offset + start * row)
 
     def reshape(self, *shape: int) -> DeviceTensor:
         if int(np.prod(shape)) != int(np.prod(self.shape)):
@@ -107,10 +115,11 @@ class DeviceIO:
         array = np.ascontiguousarray(array, dtype=tensor.dtype)
         if array.shape != tensor.shape:
             raise ValueError(f"writing {array.shape} into a device tensor of shape {tensor.shape}")
-        binding = self.copier(tensor.dtype).io_binding()
+        engine = self.copier(tensor.dtype)
+        binding = engine.io_binding()
         binding.bind_cpu_input("x", array)
         self.bind(binding, "y", tensor, output=True)
-        self.copier(tensor.dtype).run_binding(binding)
+        engine.run_binding(binding)
         self._count(up=array.nbytes)
 
     def copy(self, dst: DeviceTensor, src: DeviceTensor) -> None:
@@ -149,8 +158,7 @@ class DeviceIO:
         out = self.empty((sum(t.shape[0] for t in tensors), *first.shape[1:]), first.dtype)
         row = 0
         for t in tensors:
-            view = DeviceTensor(self, out.value, t.shape, t.dtype, row * (t.nbytes // t.shape[0]))
-            self.copy(view, t)
+            self.copy(out.rows(row, row + t.shape[0]), t)
             row += t.shape[0]
         return out
 
@@ -174,12 +182,5 @@ class DeviceIO:
 
     def tensor(self, value: Any) -> DeviceTensor:
         """An ``OrtValue`` on this device as a :class:`DeviceTensor`."""
-        return DeviceTensor(self, value, tuple(value.shape()), np.dtype(_numpy_type(value.data_type())))
+        return DeviceTensor(self, value, tuple(value.shape()), np.dtype(ORT_TYPES[value.data_type()]))
 
-
-_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
-          "tensor(int32)": np.int32, "tensor(int64)": np.int64}
-
-
-def _numpy_type(onnx_type: str) -> type:
-    return _TYPES[onnx_type]

@@ -72,11 +72,6 @@ class DeviceBank(RingBank):
         return self.io.download(self.masks)
 
 
-def prefix(tensor: DeviceTensor, n: int) -> DeviceTensor:
-    """The first ``n`` slots of a bank tensor (a view)."""
-    return DeviceTensor(tensor.io, tensor.value, (n, *tensor.shape[1:]), tensor.dtype, tensor.offset)
-
-
 class GraphPropagator:
     """The propagator interface over the propagation graph with the bank on the device.
 
@@ -156,12 +151,19 @@ class GraphPropagator:
     def _store(self, slot: int, features: np.ndarray | DeviceTensor, mask: np.ndarray) -> None:
         """Write a frame's bank entry (the first-frame graph: normalised features, or keys) and its
         mask (K+1, h, w) into ``slot``."""
-        if mask.shape != (self.num_classes, self.h, self.w):
-            raise InputError(f"mask is {mask.shape}, expected {(self.num_classes, self.h, self.w)}")
+        self._check_mask(mask)
         binding = self.remember_engine.io_binding()
         self._bind_query(binding, features)
         self.io.bind(binding, "features", self.bank.features[slot].reshape(*self.staged_features.shape), output=True)
         self.remember_engine.run_binding(binding)
+        self._write_mask(slot, mask)
+
+    def _check_mask(self, mask: np.ndarray) -> None:
+        if mask.shape != (self.num_classes, self.h, self.w):
+            raise InputError(f"mask is {mask.shape}, expected {(self.num_classes, self.h, self.w)}")
+
+    def _write_mask(self, slot: int, mask: np.ndarray) -> None:
+        """A (K+1, h, w) mask into the bank slot, in the bank's (h, w, K+1) layout (uploaded)."""
         self.io.write(self.bank.masks[slot].reshape(*self.staged_mask.shape),
                       np.moveaxis(mask.astype(np.float32, copy=False), 0, -1)[None])
 
@@ -179,11 +181,9 @@ class GraphPropagator:
         self._predicted = False
         if self.spec.capacity == 0:
             return
-        if mask.shape != (self.num_classes, self.h, self.w):
-            raise InputError(f"mask is {mask.shape}, expected {(self.num_classes, self.h, self.w)}")
+        self._check_mask(mask)
         slot = self.bank.ring.target
-        self.io.write(self.bank.masks[slot].reshape(*self.staged_mask.shape),
-                      np.moveaxis(mask.astype(np.float32, copy=False), 0, -1)[None])
+        self._write_mask(slot, mask)
         self.io.copy(self.bank.features[slot].reshape(*self.staged_features.shape), self.staged_features)
         self.bank.ring.advance()
 
@@ -237,8 +237,8 @@ class GraphPropagator:
         filled = len(bank)
         binding = self.engine.io_binding()
         self._bind_query(binding, features)
-        io.bind(binding, "bank_features", prefix(bank.features, filled))
-        io.bind(binding, "bank_masks", prefix(bank.masks, filled))
+        io.bind(binding, "bank_features", bank.features.rows(0, filled))
+        io.bind(binding, "bank_masks", bank.masks.rows(0, filled))
         if self._weights is not None:
             io.bind(binding, "head_weights", self._weights)
         if spec.labels is not None:

@@ -107,12 +107,17 @@ class Features:
             self.timings = {"preprocess_ms": (t1 - t0) * 1e3, "vae_ms": (t2 - t1) * 1e3,
                             "inversion_ms": self.inverter.last_ms}
             return {self._input: np.ascontiguousarray(np.broadcast_to(x_t, (m.ensemble, *x_t.shape[1:])))}
-        injector = self._noise.get(x0.shape)
-        if injector is None:
-            injector = self._noise[x0.shape] = NoiseInjector(m.alpha_bar, m.ensemble, x0.shape, seed=self.seed,
-                                                             fresh=self.fresh_noise)
         self.timings = {"preprocess_ms": (t1 - t0) * 1e3, "vae_ms": (t2 - t1) * 1e3}
-        return {self._input: injector(x0)}
+        return {self._input: self._injector(x0.shape)(x0)}
+
+    def _injector(self, shape: tuple[int, ...]) -> NoiseInjector:
+        """The stream's noise for x_0 of ``shape`` (C, H, W): made once per size, seeded."""
+        injector = self._noise.get(shape)
+        if injector is None:
+            m = self.manifest
+            injector = self._noise[shape] = NoiseInjector(m.alpha_bar, m.ensemble, shape, seed=self.seed,
+                                                          fresh=self.fresh_noise)
+        return injector
 
     def run(self, x_t: Tensor) -> Tensor:
         """The feature graph on x_t [B*E, Cin, H, W] (B streams' prepared inputs, stacked; B = 1
@@ -175,10 +180,7 @@ class Features:
     def _noise_on_device(self, shape: tuple[int, ...]) -> DeviceTensor:
         """The stream's fixed noise draws (the host path's, same seed), uploaded once per size."""
         if shape not in self._device_noise:
-            injector = self._noise.get(shape)
-            if injector is None:
-                m = self.manifest
-                injector = self._noise[shape] = NoiseInjector(m.alpha_bar, m.ensemble, shape, seed=self.seed)
+            injector = self._injector(shape)
             assert self.device is not None and injector.draws is not None
             self._device_noise[shape] = self.device.upload(injector.draws)
         return self._device_noise[shape]

@@ -56,7 +56,12 @@ class GraphEngines:
         return OrtLoader(Path("<diffvos graph>"), backend=backend, gpu=gpu, plan=plan, model=model)()
 
     def get(self, kind: str, key: Hashable, build: Callable[[], Any], small: bool = False) -> OrtEngine:
-        """The engine of graph ``kind`` for ``key``, built by ``build()`` (an ``onnx.ModelProto``) once."""
+        """The engine of graph ``kind`` for ``key``, built by ``build()`` (an ``onnx.ModelProto``) once.
+        A built engine is returned without the lock, so the per-frame lookups (the copy engines) of
+        running streams never wait for another session's graph being built."""
+        engine = self._engines.get((kind, key))
+        if engine is not None:
+            return engine
         with self._lock:
             engine = self._engines.get((kind, key))
             if engine is None:

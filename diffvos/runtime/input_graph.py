@@ -65,10 +65,8 @@ def input_model(spec: InputSpec) -> Any:
     g = GraphBuilder()
     h, w, c = spec.height, spec.width, spec.channels
     if spec.source == "frame":
-        from onnx import TensorProto
-
         g.input("frame", np.uint8, [h, w, 3])
-        x = g.op("Cast", ["frame"], to=TensorProto.FLOAT)
+        x = g.cast("frame", np.float32)
         if spec.flip:
             x = g.op("Gather", [x, g.i64([2, 1, 0])], axis=2)
         x = g.op("Mul", [g.op("Transpose", [x], perm=[2, 0, 1]), g.f32(spec.scale)])

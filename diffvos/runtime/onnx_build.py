@@ -71,6 +71,10 @@ class GraphBuilder:
         self.nodes.append(self._helper.make_node(op_type, inputs, outs, name=self.name("n_" + op_type), **attrs))
         return outs[0] if n_out == 1 else outs
 
+    def cast(self, x: str, dtype: Any, base: str | None = None, outputs: list[str] | None = None) -> str:
+        """``Cast`` of ``x`` to the numpy ``dtype``."""
+        return self.op("Cast", [x], base=base, outputs=outputs, to=onnx_type(dtype))
+
     def input(self, name: str, dtype: Any, shape: list[int | str] | None) -> str:
         self.inputs.append(self._helper.make_tensor_value_info(name, onnx_type(dtype), shape))
         return name

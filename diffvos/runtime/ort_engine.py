@@ -48,8 +48,8 @@ from diffvos.runtime.ort_options import (
 from diffvos.runtime.threads import ThreadPlan, plan_threads
 
 ORT_BACKENDS = ("auto", "tensorrt", "cuda", "cpu")
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
-              "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,  # -> numpy
+             "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 _SHORT = {TENSORRT: "TensorRT EP", CUDA: "CUDA EP", CPU: "CPU"}
 _MAX_CAUSE = 400  # characters of one provider's cause in the note
 
@@ -222,7 +222,7 @@ class OrtEngine(EngineBase):
 
 def _meta(arg: Any) -> TensorMeta:
     shape = tuple(d if isinstance(d, (int, str)) else "?" for d in (arg.shape or ()))
-    return TensorMeta(arg.name, shape, np.dtype(_ORT_TYPES.get(getattr(arg, "type", ""), np.float32)))
+    return TensorMeta(arg.name, shape, np.dtype(ORT_TYPES.get(getattr(arg, "type", ""), np.float32)))
 
 
 def _cause(said: Captured, error: BaseException | None) -> str:

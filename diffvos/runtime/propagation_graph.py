@@ -37,7 +37,6 @@ soft masks are summed with the weights given as the ``head_weights`` input.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -183,13 +182,13 @@ def propagation_model(spec: GraphSpec) -> Any:
         g.input("head_weights", np.float32, [spec.heads])
     queries, keys = _queries_and_keys(g, spec)
     bank = "bank_features" if spec.bank_dtype == "float32" else \
-        g.op("Cast", ["bank_features"], to=_onnx_float(), base="bank32")
+        g.cast("bank_features", np.float32, base="bank32")
     if spec.windowed:
         vals, gid = _key_block_candidates(g, spec, queries, bank)
     else:
         vals, gid = _query_band_candidates(g, spec, queries, bank)
-    soft = _aggregate(g, spec, vals, gid)  # (hw, classes)
-    classes = g.op("Slice", [g.op("Shape", ["bank_masks"]), g.i64([3]), g.i64([4])])
+    classes = g.op("Slice", [g.op("Shape", ["bank_masks"]), g.i64([3]), g.i64([4])])  # (1,) int64: K+1
+    soft = _aggregate(g, spec, vals, gid, classes)  # (hw, classes)
     g.op("Reshape", [soft, g.op("Concat", [g.i64([1, h, w]), classes], axis=0)], outputs=["soft_hwk"])
     g.op("Reshape", [g.op("Transpose", [soft], perm=[1, 0]), g.i64([-1, h, w])], outputs=["soft"])
     _features_output(g, spec, keys)
@@ -222,12 +221,6 @@ def labels_model(spec: GraphSpec) -> Any:
     return g.model("diffvos_labels")
 
 
-def _onnx_float() -> int:
-    from onnx import TensorProto
-
-    return TensorProto.FLOAT
-
-
 def _queries_and_keys(g: GraphBuilder, spec: GraphSpec) -> tuple[str, str]:
     """``query`` -> queries and keys, each (hw, H*d) float32: the L2-normalised features (both the
     same), or an attention layer's raw projections."""
@@ -242,9 +235,7 @@ def _queries_and_keys(g: GraphBuilder, spec: GraphSpec) -> tuple[str, str]:
 
 
 def _features_output(g: GraphBuilder, spec: GraphSpec, keys: str) -> None:
-    from onnx import TensorProto
-
-    x = g.op("Cast", [keys], to=TensorProto.FLOAT16) if spec.bank_dtype == "float16" else keys
+    x = g.cast(keys, np.float16) if spec.bank_dtype == "float16" else keys
     g.op("Reshape", [x, g.i64([1, spec.h, spec.w, spec.bank_channels])], outputs=["features"])
 
 
@@ -301,7 +292,7 @@ def _key_block_candidates(g: GraphBuilder, spec: GraphSpec, queries: str, bank: 
     def per_row(values: list[int]) -> str:
         return g.i32(np.repeat(np.asarray(values, np.int32), sizes)[:, None])
 
-    i32 = g.op("Cast", [g.op("Concat", idx, axis=1)], to=_onnx_int32())
+    i32 = g.cast(g.op("Concat", idx, axis=1), np.int32)
     nb, kw = per_row([b.nb for b in blocks]), per_row([b.kx1 - b.kx0 for b in blocks])
     slot = g.op("Div", [i32, nb])
     local = g.op("Sub", [i32, g.op("Mul", [slot, nb])])
@@ -332,12 +323,6 @@ def _key_block_candidates(g: GraphBuilder, spec: GraphSpec, queries: str, bank: 
     return v, g.op("GatherElements", [mg, pos], axis=2, base="gid")
 
 
-def _onnx_int32() -> int:
-    from onnx import TensorProto
-
-    return TensorProto.INT32
-
-
 def _query_band_candidates(g: GraphBuilder, spec: GraphSpec, queries: str, bank: str) -> tuple[str, str]:
     """No window: bands of query rows against whole frames; each band's TopK over every slot is the
     joint top-k, its index already slot * hw + cell."""
@@ -352,10 +337,10 @@ def _query_band_candidates(g: GraphBuilder, spec: GraphSpec, queries: str, bank:
         vals.append(v)
         idx.append(i)
     cat = (lambda xs: g.op("Concat", xs, axis=1)) if len(vals) > 1 else (lambda xs: xs[0])
-    return cat(vals), g.op("Cast", [cat(idx)], to=_onnx_int32(), base="gid")
+    return cat(vals), g.cast(cat(idx), np.int32, base="gid")
 
 
-def _aggregate(g: GraphBuilder, spec: GraphSpec, vals: str, gid: str) -> str:
+def _aggregate(g: GraphBuilder, spec: GraphSpec, vals: str, gid: str, classes: str) -> str:
     """MAG-Filter, exp((s - max) / T), per-query normalisation, mask sum, heads combined: (hw, classes)."""
     h, w, hw, k, heads = spec.h, spec.w, spec.h * spec.w, spec.topk, spec.heads
     keep = None
@@ -365,7 +350,7 @@ def _aggregate(g: GraphBuilder, spec: GraphSpec, vals: str, gid: str) -> str:
         mx = g.op("Sub", [cell, g.op("Mul", [my, g.i32(w)])])
         dy = g.op("Sub", [my, g.i32((np.arange(hw) // w)[:, None])])
         dx = g.op("Sub", [mx, g.i32((np.arange(hw) % w)[:, None])])
-        d2 = g.op("Cast", [g.op("Add", [g.op("Mul", [dy, dy]), g.op("Mul", [dx, dx])])], to=_onnx_float())
+        d2 = g.cast(g.op("Add", [g.op("Mul", [dy, dy]), g.op("Mul", [dx, dx])]), np.float32)
         if spec.mag.mode == "fixed":
             kept = g.op("LessOrEqual", [d2, g.f32(_d2_limit(spec.mag.radius, (h - 1) ** 2 + (w - 1) ** 2))])
         else:
@@ -374,10 +359,9 @@ def _aggregate(g: GraphBuilder, spec: GraphSpec, vals: str, gid: str) -> str:
             thr = _percentile_threshold(g, top1, hw, spec.mag)  # (H,)
             g.op("Identity", [thr], outputs=["mag_threshold"])
             kept = g.op("LessOrEqual", [mag, g.op("Reshape", [thr, g.i64([heads, 1, 1])])])
-        keep = g.op("Cast", [kept], to=_onnx_float())
+        keep = g.cast(kept, np.float32)
         if spec.windowed:  # a candidate from outside the window (fewer than k inside) never counts
-            keep = g.op("Mul", [keep, g.op("Cast", [g.op("Greater", [vals, g.f32(WINDOW_BIAS / 2)])],
-                                            to=_onnx_float())])
+            keep = g.op("Mul", [keep, g.cast(g.op("Greater", [vals, g.f32(WINDOW_BIAS / 2)]), np.float32)])
         # a query that would lose every correspondence keeps its best one (column 0: TopK sorted)
         first = np.zeros((1, 1, k), np.float32)
         first[..., 0] = 1.0
@@ -388,7 +372,6 @@ def _aggregate(g: GraphBuilder, spec: GraphSpec, vals: str, gid: str) -> str:
     if keep is not None:
         wgt = g.op("Mul", [wgt, keep])
     den = g.op("ReduceSum", [wgt, g.i64([2])], keepdims=1)
-    classes = g.op("Slice", [g.op("Shape", ["bank_masks"]), g.i64([3]), g.i64([4])])
     masks = g.op("Reshape", ["bank_masks", g.op("Concat", [g.i64([-1]), classes], axis=0)])  # (S*hw, classes)
     picked = g.op("Gather", [masks, gid], axis=0)  # (H, hw, k, classes)
     num = g.op("ReduceSum", [g.op("Mul", [picked, g.op("Unsqueeze", [wgt, g.i64([3])])]), g.i64([2])], keepdims=0)
@@ -438,8 +421,6 @@ def _labels(g: GraphBuilder, spec: GraphSpec, soft: str) -> None:
     """``soft`` (classes, h, w) -> ``labels`` (Ho, Wo) uint8, as ``postprocess.soft_to_labels``:
     bilinear (the same interpolation matrices), per-channel min-max (a channel whose max is <= 0
     left as is), argmax (first channel on ties), channel -> object id (``lut``), nearest resize."""
-    from onnx import TensorProto
-
     assert spec.labels is not None
     g.input("rows", np.int64, ["Ho"])
     g.input("cols", np.int64, ["Wo"])
@@ -454,15 +435,8 @@ def _labels(g: GraphBuilder, spec: GraphSpec, soft: str) -> None:
     zero = g.f32(0.0)
     normed = g.op("Div", [g.op("Sub", [up, lo]), g.op("Where", [g.op("Greater", [span, zero]), span, g.f32(1.0)])])
     up = g.op("Where", [g.op("Greater", [hi, zero]), normed, up])
-    channel = g.op("Cast", [g.op("ArgMax", [up], axis=0, keepdims=0, select_last_index=0)], to=TensorProto.INT32)
+    channel = g.cast(g.op("ArgMax", [up], axis=0, keepdims=0, select_last_index=0), np.int32)
     ids = g.op("Gather", ["lut", channel], axis=0)
     ids = g.op("Gather", [g.op("Gather", [ids, "rows"], axis=0), "cols"], axis=1)
-    g.op("Cast", [ids], to=TensorProto.UINT8, outputs=["labels"])
+    g.cast(ids, np.uint8, outputs=["labels"])
     g.output("labels", np.uint8, ["Ho", "Wo"])
-
-
-def describe(spec: GraphSpec) -> dict[str, Any]:
-    """The spec as plain values (benchmarks, notes)."""
-    out = dataclasses.asdict(spec)
-    out["windowed"] = spec.windowed
-    return out

@@ -168,8 +168,11 @@ class Runtime:
         return step_many(steps, return_exceptions=return_exceptions)
 
     def close(self) -> None:
-        """Release the runtime's hold on the engines (sessions keep theirs until closed)."""
+        """Release the runtime's hold on the engines, its own graphs' too (sessions keep theirs until
+        closed)."""
         self.engines = {}
+        with self._graphs_lock:
+            self._graphs = None
         self.closed = True
 
     def __enter__(self) -> Runtime:
