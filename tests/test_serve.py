@@ -7,6 +7,7 @@ idle eviction with an injected clock) is also tested in process."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -244,7 +245,9 @@ def test_export_triton_writes_a_self_contained_repository(bundle, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     config = (out / P.MODEL_NAME / "config.pbtxt").read_text()
-    assert 'backend: "python"' in config and "max_sequence_idle_microseconds: 7000000" in config
+    assert 'backend: "python"' in config
+    idle = re.search(r"max_sequence_idle_microseconds: (\d+)", config)  # --idle-timeout 7 (s), in µs
+    assert idle is not None and int(idle.group(1)) == 7_000_000
     assert 'key: "max_streams" value: { string_value: "5" }' in config and '\\"memory\\": 3' in config
     assert 'key: "bundle" value: { string_value: "bundle" }' in config
     assert "TritonPythonModel" in (out / P.MODEL_NAME / "1" / "model.py").read_text()
