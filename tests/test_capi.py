@@ -186,6 +186,24 @@ int main(int argc, char **argv)
     printf("provider_name %s\n", text ? text : "(none)");
     report("metadata", diffvos_runtime_metadata_json(rt, &text));
     printf("metadata_has_stride %d\n", text && strstr(text, "\"stride\": 8") != NULL);
+    { /* session options: defaults from the library, each string option checked, passed through */
+        diffvos_session_options so;
+        diffvos_session *s2 = NULL;
+        report("session_options_init", diffvos_session_options_init(&so));
+        printf("session_defaults 1 %s|%s|%d\n", so.propagation_kernel, so.head_weights, (int)so.inversion_steps);
+        so.propagation_kernel = "numpy";
+        report("numpy_kernel", diffvos_session_create(rt, 96, 64, &so, &s2));
+        report("numpy_add", diffvos_session_add_objects(s2, frame, sizeof frame, labels, sizeof labels, out2, sizeof out2));
+        report("numpy_destroy", diffvos_session_destroy(s2));
+        so.propagation_kernel = "gpu";
+        report("bad_kernel", diffvos_session_create(rt, 96, 64, &so, &s2));
+        so.propagation_kernel = NULL;
+        so.head_weights = "loudest";
+        report("bad_head_weights", diffvos_session_create(rt, 96, 64, &so, &s2));
+        so.head_weights = NULL;
+        so.inversion_steps = 3;
+        report("inversion_without_graph", diffvos_session_create(rt, 96, 64, &so, &s2));
+    }
     gone = s;
     report("destroy_ok", diffvos_session_destroy(s));
     report("destroyed_again", diffvos_session_destroy(gone));
@@ -252,6 +270,9 @@ def test_errors_cross_the_abi_as_statuses(capi, bundle, tmp_path):
         "destroyed_track": Status.INVALID_HANDLE, "runtime_destroy_ok": Status.OK,
         "runtime_destroyed_again": Status.INVALID_HANDLE, "options_init": Status.OK,
         "failed_refused": Status.BUNDLE, "failed_allowed": Status.OK, "failed_destroy": Status.OK,
+        "session_options_init": Status.OK, "numpy_kernel": Status.OK, "numpy_add": Status.OK,
+        "numpy_destroy": Status.OK, "bad_kernel": Status.INVALID_ARGUMENT, "bad_head_weights": Status.INVALID_ARGUMENT,
+        "inversion_without_graph": Status.INVALID_ARGUMENT,
     }
     for name, status in expect.items():
         code, message = r[name]
@@ -276,6 +297,10 @@ def test_errors_cross_the_abi_as_statuses(capi, bundle, tmp_path):
     assert r["status_string"][1] == STATUS_TEXT[Status.BUSY]
     assert r["api_version"] == (2, "")
     assert r["allow_failed_default"] == (0, "") and "short by 0.0100" in r["failed_refused"][1]
+    assert r["session_defaults"] == (1, "graph|uniform|0")  # the config's defaults (test_config checks the header)
+    assert "propagation_kernel" in r["bad_kernel"][1] and "gpu" in r["bad_kernel"][1]
+    assert "head_weights" in r["bad_head_weights"][1]
+    assert "noise" in r["inversion_without_graph"][1]
     assert "done" in r
 
 

@@ -64,6 +64,8 @@ def test_header_documents_the_config_defaults():
         "mag_filter": p.mag_filter, "seed": str(s.seed), "fresh_noise": str(int(s.fresh_noise)),
         "color": s.color, "concurrency": s.concurrency, "backend": r.backend, "threads": str(r.threads),
         "verify_files": str(int(r.verify_files)), "allow_failed_calibration": str(int(r.allow_failed_calibration)),
+        "head_weights": p.head_weights, "propagation_kernel": p.propagation_kernel,
+        "inversion_steps": str(s.inversion_steps),
     }
     assert documented == expected
     assert all(f'"{b}"' in text for b in BACKENDS)

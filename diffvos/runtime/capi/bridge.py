@@ -197,6 +197,8 @@ def install(ffi: Any) -> None:
         o.memory, o.topk, o.radius, o.temperature = p.memory, p.topk, p.radius, p.temperature
         o.mag_filter = _static_str(ffi, p.mag_filter)
         o.seed, o.fresh_noise = d.seed, int(d.fresh_noise)
+        o.head_weights, o.propagation_kernel = _static_str(ffi, p.head_weights), _static_str(ffi, p.propagation_kernel)
+        o.inversion_steps = d.inversion_steps
         return 0
 
     @extern
@@ -263,6 +265,9 @@ def install(ffi: Any) -> None:
                 "temperature": float(options.temperature),
                 "mag_filter": _text(options.mag_filter, PropagationConfig().mag_filter),
                 "seed": int(options.seed), "fresh_noise": bool(options.fresh_noise),
+                "head_weights": _text(options.head_weights, PropagationConfig().head_weights),
+                "propagation_kernel": _text(options.propagation_kernel, PropagationConfig().propagation_kernel),
+                "inversion_steps": int(options.inversion_steps),
             }
         out[0] = _register(ffi, h.obj.session(int(width), int(height), **kwargs), "diffvos_session *")
         return 0

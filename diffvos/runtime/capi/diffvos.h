@@ -116,6 +116,9 @@ typedef struct diffvos_session_options {
     const char *mag_filter; /* "off", "adaptive" or a radius in feature cells; NULL = default (default 12) */
     int32_t seed;           /* seed of the fixed noise bank (default 0) */
     int32_t fresh_noise;    /* nonzero: new noise every frame (default 0) */
+    const char *head_weights;       /* attention bundles: "uniform" or "adaptive"; NULL = default (default uniform) */
+    const char *propagation_kernel; /* "graph" (ONNX graph on the model's device) or "numpy"; NULL = default (default graph) */
+    int32_t inversion_steps;        /* DDIM inversion steps instead of noise, 0 = noise (bundle with a noise graph) (default 0) */
 } diffvos_session_options;
 
 /* Per-stage times of the last add/track call, in milliseconds. */
