@@ -73,47 +73,39 @@ def track_dataset(bundle: str | Path, root: str | Path, output: str | Path, *, c
     dataset = detect(root)
     check_apart({"--output": output}, {"--input": root, "--bundle": bundle})
     with OutputLock(output):  # one run writes into a dataset folder at a time
-        return _track_dataset(dataset, bundle, output, config, backend, threads, ray_address, workers, force,
-                              progress, max_attempts, on_tick, allow_failed_calibration)
+        from tqdm import tqdm
 
+        store = VideoStore(output, settings_of(bundle, config, dataset.kind))
+        names = [v.name for v in dataset.videos]
+        store.check_contents(names)
+        store.check_resumable(names, force)
+        store.clean_partials()
+        todo = [v for v in dataset.videos if force or not store.done(v.name)]
+        summary = DatasetSummary(dataset.kind, len(names), skipped=len(names) - len(todo))
+        bar = tqdm(total=len(names), initial=summary.skipped, unit="video", desc="videos", disable=not progress,
+                   file=sys.stderr)
+        t0 = time.perf_counter()
 
-def _track_dataset(dataset: Any, bundle: str | Path, output: str | Path, config: SessionConfig, backend: str,
-                   threads: int, ray_address: str | None, workers: int | None, force: bool, progress: bool,
-                   max_attempts: int, on_tick: Callable[[], None] | None,
-                   allow_failed_calibration: bool) -> DatasetSummary:
-    from tqdm import tqdm
+        def done(name: str, record: dict | None, error: str | None) -> None:
+            if error is None:
+                summary.done[name] = record
+            else:
+                summary.failed[name] = error
+            bar.update(1)
 
-    store = VideoStore(output, settings_of(bundle, config, dataset.kind))
-    names = [v.name for v in dataset.videos]
-    store.check_contents(names)
-    store.check_resumable(names, force)
-    store.clean_partials()
-    todo = [v for v in dataset.videos if force or not store.done(v.name)]
-    summary = DatasetSummary(dataset.kind, len(names), skipped=len(names) - len(todo))
-    bar = tqdm(total=len(names), initial=summary.skipped, unit="video", desc="videos", disable=not progress,
-               file=sys.stderr)
-    t0 = time.perf_counter()
-
-    def done(name: str, record: dict | None, error: str | None) -> None:
-        if error is None:
-            summary.done[name] = record
-        else:
-            summary.failed[name] = error
-        bar.update(1)
-
-    try:
-        if todo and ray_address is None:
-            _in_process(bundle, todo, store, config, backend, threads, max_attempts, done, allow_failed_calibration)
-        elif todo:
-            summary.where, summary.worker_losses = _on_ray(bundle, todo, output, store.settings, config, backend,
-                                                           ray_address, workers, max_attempts, done, on_tick,
-                                                           allow_failed_calibration)
-    finally:
-        bar.close()
-        if ray_address is not None:
-            store.clean_partials()  # what a lost worker left half-written (its video was run again)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+        try:
+            if todo and ray_address is None:
+                _in_process(bundle, todo, store, config, backend, threads, max_attempts, done, allow_failed_calibration)
+            elif todo:
+                summary.where, summary.worker_losses = _on_ray(bundle, todo, output, store.settings, config, backend,
+                                                               ray_address, workers, max_attempts, done, on_tick,
+                                                               allow_failed_calibration)
+        finally:
+            bar.close()
+            if ray_address is not None:
+                store.clean_partials()  # what a lost worker left half-written (its video was run again)
+        summary.seconds = time.perf_counter() - t0
+        return summary
 
 
 def _in_process(bundle, videos: list[Video], store: VideoStore, config, backend, threads, max_attempts, done,

@@ -250,9 +250,10 @@ def prepare_sd(model: str | Path, *, timestep: int = SD.timestep, layer: int = S
         from diffvos.export.sd import alphas_cumprod
 
         cfg = c.scheduler_config
+        alphas = alphas_cumprod(cfg)
         spec, ddim = _noise_graph(SDNoisePrediction(c.unet, c.prompt_embeds), x_t, timestep, dynamic,
-                                  alphas_cumprod(cfg), f"{cfg.get('beta_schedule', 'linear')} "
-                                  f"{cfg.get('beta_start')}..{cfg.get('beta_end')}, {len(alphas_cumprod(cfg))} steps",
+                                  alphas, f"{cfg.get('beta_schedule', 'linear')} "
+                                  f"{cfg.get('beta_start')}..{cfg.get('beta_end')}, {len(alphas)} steps",
                                   prediction_type(cfg))
         graphs.append(spec)
     return PreparedBackbone(
